@@ -1,0 +1,69 @@
+"""The interface every training backend offers to :class:`gluon_elastic.ElasticTrainer`.
+
+A backend answers three questions, live, every time they are asked (the world can change between
+two steps): who am I (``rank``), how many of us are there (``world_size``), and what does the
+reduction of gradients return (``grad_reduction``: the ``'sum'`` over workers or their ``'mean'``).
+It also moves tensors between workers: gradient reduction, parameter broadcast and a barrier.
+"""
+
+__all__ = ["Backend"]
+
+
+class Backend:
+    """Base class of training backends.
+
+    Attributes
+    ----------
+    name : str
+        Backend name as given on the command line.
+    grad_reduction : {'sum', 'mean'}
+        What reducing the gradients over workers yields. The trainer divides by the global batch
+        size accordingly, so the applied update is always the mean over the global batch.
+    kvstore : mxnet.kvstore.KVStore or None
+        Store handed to :class:`mxnet.gluon.Trainer`; None when the backend reduces by itself.
+    elastic_in_place : bool
+        Whether the world can change without restarting the processes.
+    """
+
+    name = "base"
+    grad_reduction = "sum"
+    kvstore = None
+    elastic_in_place = False
+
+    @property
+    def rank(self):
+        """Rank of this process among the training processes."""
+        return 0
+
+    @property
+    def world_size(self):
+        """Number of training processes."""
+        return 1
+
+    @property
+    def local_rank(self):
+        """Rank of this process on its host."""
+        return 0
+
+    def allreduce_grads(self, params):
+        """Reduce the gradients of ``params`` in place (only for backends without a KVStore)."""
+
+    def broadcast_parameters(self, params, root_rank=0):
+        """Overwrite the values of ``params`` (a list of Gluon Parameters) with root's."""
+
+    def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
+        """Overwrite ``arrays`` (a list of NDArrays, same shapes on every rank) with root's."""
+
+    def broadcast_object(self, obj, root_rank=0, name="object"):
+        """Return root's value of a picklable ``obj`` on every rank."""
+        return obj
+
+    def allgather_object(self, obj, name="gather"):
+        """Return the list of every rank's ``obj``, ordered by rank."""
+        return [obj]
+
+    def barrier(self):
+        """Block until every worker has reached this call."""
+
+    def __repr__(self):
+        return "%s(rank=%d, world_size=%d)" % (type(self).__name__, self.rank, self.world_size)

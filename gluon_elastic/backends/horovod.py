@@ -1,0 +1,79 @@
+"""Horovod backend (Gloo or MPI controller) for MXNet/Gluon.
+
+Gradients are all-reduced with ``op=Sum`` and the trainer divides by the global batch, which is
+read again at every step: unlike ``horovod.mxnet.DistributedTrainer``, no ``1/size`` is baked in at
+construction, so the normalisation stays right after the world changes in place.
+"""
+from .base import Backend
+
+__all__ = ["HorovodBackend"]
+
+
+class HorovodBackend(Backend):
+    """Workers of a Horovod job; in-place elastic under ``horovodrun --min-np/--max-np``.
+
+    Calls ``hvd.init()`` unless Horovod is already initialised.
+    """
+
+    name = "horovod"
+    grad_reduction = "sum"
+    kvstore = None
+    elastic_in_place = True
+
+    def __init__(self):
+        import horovod.mxnet as hvd
+
+        self._hvd = hvd
+        if not hvd.is_initialized():
+            hvd.init()
+
+    @property
+    def rank(self):
+        return self._hvd.rank()
+
+    @property
+    def world_size(self):
+        return self._hvd.size()
+
+    @property
+    def local_rank(self):
+        return self._hvd.local_rank()
+
+    def allreduce_grads(self, params):
+        if self._hvd.size() == 1:
+            return
+        for index, param in enumerate(params):
+            if param.grad_req == "null":
+                continue
+            grads = param.list_grad()
+            if len(grads) != 1:
+                raise ValueError("the horovod backend takes one context per process; parameter %s "
+                                 "lives on %d" % (param.name, len(grads)))
+            # Priority follows the reverse order of backward, as in horovod.mxnet.
+            self._hvd.allreduce_(grads[0], average=False, name="grad.%d" % index, priority=-index)
+
+    def broadcast_parameters(self, params, root_rank=0):
+        arrays = [p.data() for p in params]
+        for param, array in zip(params, arrays):
+            self._hvd.broadcast_(array, root_rank=root_rank, name="param." + param.name)
+        for param in params:
+            # Gluon keeps one copy per context; broadcast_ wrote into the first.
+            for other in param.list_data()[1:]:
+                param.data().copyto(other)
+
+    def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
+        for index, array in enumerate(arrays):
+            self._hvd.broadcast_(array, root_rank=root_rank, name="%s.%d" % (name, index))
+
+    def broadcast_object(self, obj, root_rank=0, name="object"):
+        return self._hvd.broadcast_object(obj, root_rank=root_rank, name=name)
+
+    def allgather_object(self, obj, name="gather"):
+        return self._hvd.allgather_object(obj, name=name)
+
+    def barrier(self):
+        import mxnet as mx
+
+        mx.nd.waitall()
+        self._hvd.allreduce(mx.nd.zeros(1), name="barrier")
+        mx.nd.waitall()

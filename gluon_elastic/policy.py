@@ -1,0 +1,234 @@
+"""Pure arithmetic of elastic training: LR scaling rules, batch policies and world-change transitions.
+
+This module imports nothing but the standard library, so the arithmetic can be tested, reasoned
+about and reused without MXNet.
+
+Contract
+--------
+The learning rate applied at iteration ``t`` is ``schedule(progress) * multiplier(t)``. The schedule
+is a function of the number of samples trained (:mod:`gluon_elastic.schedule`); the multiplier is the
+scaling rule evaluated at the current global batch size, reached either at once or through the
+Dynamic SGD ramp (Lin et al. 2019, Eq. 6) after every change of the world size:
+
+    gamma_t = 1 + ((t - t0) / T) * (k - 1)   for t - t0 < T,  k afterwards
+
+where ``k`` is the ratio of the new multiplier to the multiplier in use when the change arrived, so
+that a change arriving mid-ramp starts from wherever the ramp had got to.
+"""
+import math
+
+__all__ = [
+    "SCALING_RULES", "BATCH_POLICIES", "TRANSITIONS", "SHRINK_MODES",
+    "lr_scale", "BatchPolicy", "Transition",
+]
+
+SCALING_RULES = ("none", "linear", "sqrt")
+BATCH_POLICIES = ("fixed_local", "fixed_global")
+TRANSITIONS = ("immediate", "dynamic")
+SHRINK_MODES = ("immediate", "ramp")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError("%s must be one of %s, got %r" % (name, ", ".join(choices), value))
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("%s must be a positive integer, got %r" % (name, value))
+
+
+def lr_scale(rule, global_batch_size, base_batch_size):
+    """Multiplier of the base learning rate for a global batch size.
+
+    Parameters
+    ----------
+    rule : {'none', 'linear', 'sqrt'}
+        ``none`` keeps the LR, ``linear`` scales it by ``B / B0`` (Goyal et al. 2017), ``sqrt`` by
+        ``sqrt(B / B0)``.
+    global_batch_size : int
+        Samples per optimizer step over all workers, ``B``.
+    base_batch_size : int
+        Global batch size ``B0`` at which the base LR was tuned.
+
+    Returns
+    -------
+    float
+    """
+    _check_choice("scaling rule", rule, SCALING_RULES)
+    _check_positive_int("global_batch_size", global_batch_size)
+    _check_positive_int("base_batch_size", base_batch_size)
+    ratio = global_batch_size / base_batch_size
+    if rule == "linear":
+        return ratio
+    if rule == "sqrt":
+        return math.sqrt(ratio)
+    return 1.0
+
+
+class BatchPolicy:
+    """How batch sizes follow the world size.
+
+    Parameters
+    ----------
+    name : {'fixed_local', 'fixed_global'}
+        ``fixed_local`` keeps the per-worker batch (the paper's setting; the global batch is
+        ``world_size * local_batch_size``). ``fixed_global`` keeps the global batch (AWS Dynamic
+        Training); it is split as evenly as possible, the first ``B % N`` ranks taking one more.
+    local_batch_size : int, optional
+        Per-worker batch; required for ``fixed_local``.
+    global_batch_size : int, optional
+        Global batch; required for ``fixed_global``.
+    """
+
+    def __init__(self, name="fixed_local", local_batch_size=None, global_batch_size=None):
+        _check_choice("batch policy", name, BATCH_POLICIES)
+        if name == "fixed_local":
+            _check_positive_int("local_batch_size", local_batch_size)
+        else:
+            _check_positive_int("global_batch_size", global_batch_size)
+        self.name = name
+        self._local_batch_size = local_batch_size
+        self._global_batch_size = global_batch_size
+
+    def global_batch_size(self, world_size):
+        """Samples per optimizer step over all ``world_size`` workers."""
+        _check_positive_int("world_size", world_size)
+        if self.name == "fixed_local":
+            return self._local_batch_size * world_size
+        if world_size > self._global_batch_size:
+            raise ValueError("world_size %d is larger than global_batch_size %d: some worker would "
+                             "get an empty batch" % (world_size, self._global_batch_size))
+        return self._global_batch_size
+
+    def local_batch_size(self, world_size, rank=0):
+        """Samples per optimizer step on worker ``rank`` of ``world_size``."""
+        return self.local_batch_sizes(world_size)[rank]
+
+    def local_batch_sizes(self, world_size):
+        """Per-rank batch sizes, a list of ``world_size`` integers summing to the global batch."""
+        global_batch_size = self.global_batch_size(world_size)
+        base, extra = divmod(global_batch_size, world_size)
+        return [base + (1 if rank < extra else 0) for rank in range(world_size)]
+
+    def __repr__(self):
+        size = self._local_batch_size if self.name == "fixed_local" else self._global_batch_size
+        return "BatchPolicy(%r, %d)" % (self.name, size)
+
+
+class Transition:
+    """The LR multiplier over iterations, and how it moves when the world size changes.
+
+    Parameters
+    ----------
+    kind : {'immediate', 'dynamic'}
+        ``immediate`` jumps to the new multiplier at the first step after the change (with momentum
+        correction, the paper's baseline Eq. 5; without it, MXNet's native behaviour). ``dynamic``
+        ramps linearly from the multiplier in use to the new one over ``T`` iterations (Eq. 6).
+    ramp_iters : int, optional
+        ``T`` in iterations. Mutually exclusive with ``ramp_per_k``.
+    ramp_per_k : float, optional
+        ``T = round(ramp_per_k * max(k, 1/k))``: a ramp proportional to the size of the change.
+        Used when ``ramp_iters`` is None; default 8 (so a doubling ramps over 16 iterations).
+    shrink : {'immediate', 'ramp'}
+        What ``dynamic`` does when the multiplier goes down (k < 1). A slow ramp down keeps a
+        too-large LR for the smaller batch, so the default cuts at once.
+    momentum_correction : bool
+        Rescale the momentum buffer by ``lr_t / lr_{t-1}`` whenever the LR changes, which makes
+        MXNet's v-form update follow the paper's u-form equations. Read by the trainer.
+    initial_multiplier : float
+        Multiplier before any change.
+    """
+
+    def __init__(self, kind="dynamic", ramp_iters=None, ramp_per_k=None, shrink="immediate",
+                 momentum_correction=True, initial_multiplier=1.0):
+        _check_choice("transition", kind, TRANSITIONS)
+        _check_choice("shrink", shrink, SHRINK_MODES)
+        if ramp_iters is not None and ramp_per_k is not None:
+            raise ValueError("give ramp_iters or ramp_per_k, not both (got %r and %r)"
+                             % (ramp_iters, ramp_per_k))
+        if ramp_iters is not None and (isinstance(ramp_iters, bool) or not isinstance(ramp_iters, int)
+                                       or ramp_iters < 0):
+            raise ValueError("ramp_iters (T) must be an integer >= 0, got %r" % (ramp_iters,))
+        if ramp_iters is None:
+            ramp_per_k = 8.0 if ramp_per_k is None else ramp_per_k
+            if not isinstance(ramp_per_k, (int, float)) or ramp_per_k < 0:
+                raise ValueError("ramp_per_k must be a number >= 0, got %r" % (ramp_per_k,))
+        if not initial_multiplier > 0:
+            raise ValueError("initial_multiplier must be > 0, got %r" % (initial_multiplier,))
+        self.kind = kind
+        self.ramp_iters = ramp_iters
+        self.ramp_per_k = ramp_per_k
+        self.shrink = shrink
+        self.momentum_correction = bool(momentum_correction)
+        # The ramp in force: from start_multiplier at start_iter to target_multiplier after ramp_len.
+        self.start_multiplier = float(initial_multiplier)
+        self.target_multiplier = float(initial_multiplier)
+        self.start_iter = 0
+        self.ramp_len = 0
+
+    def ramp_length(self, k):
+        """Ramp length ``T`` in iterations for a change by factor ``k``."""
+        if self.kind == "immediate" or k == 1.0 or (k < 1.0 and self.shrink == "immediate"):
+            return 0
+        if self.ramp_iters is not None:
+            return self.ramp_iters
+        return max(1, int(round(self.ramp_per_k * max(k, 1.0 / k))))
+
+    def multiplier(self, iteration):
+        """Multiplier applied at step number ``iteration`` (0-based count of optimizer updates)."""
+        elapsed = iteration - self.start_iter
+        if elapsed < 0:
+            return self.start_multiplier
+        if elapsed >= self.ramp_len:
+            return self.target_multiplier
+        return self.start_multiplier + (elapsed / self.ramp_len) * (
+            self.target_multiplier - self.start_multiplier)
+
+    def in_ramp(self, iteration):
+        """Whether step ``iteration`` lies inside a ramp (its multiplier is not yet the target)."""
+        return 0 <= iteration - self.start_iter < self.ramp_len
+
+    def change(self, iteration, new_multiplier):
+        """Start the transition to ``new_multiplier`` at step ``iteration``.
+
+        Returns
+        -------
+        dict
+            ``k``, ``from_multiplier``, ``target_multiplier`` and ``ramp_len`` of the new transition.
+        """
+        if not new_multiplier > 0:
+            raise ValueError("new_multiplier must be > 0, got %r" % (new_multiplier,))
+        # The multiplier in use is the one of the last step taken; Eq. 6 gives gamma = 1 at t0.
+        current = self.multiplier(iteration - 1)
+        k = new_multiplier / current
+        self.start_multiplier = current
+        self.target_multiplier = float(new_multiplier)
+        self.start_iter = int(iteration)
+        self.ramp_len = self.ramp_length(k)
+        return {"k": k, "from_multiplier": current, "target_multiplier": self.target_multiplier,
+                "ramp_len": self.ramp_len}
+
+    def reset(self, multiplier, iteration=0):
+        """Hold ``multiplier`` from ``iteration`` on, with no ramp (the start of training)."""
+        if not multiplier > 0:
+            raise ValueError("multiplier must be > 0, got %r" % (multiplier,))
+        self.start_multiplier = self.target_multiplier = float(multiplier)
+        self.start_iter = int(iteration)
+        self.ramp_len = 0
+
+    def state_dict(self):
+        """The ramp in force, as plain values."""
+        return {"start_multiplier": self.start_multiplier, "target_multiplier": self.target_multiplier,
+                "start_iter": self.start_iter, "ramp_len": self.ramp_len}
+
+    def load_state_dict(self, state):
+        """Restore the ramp saved by :meth:`state_dict`."""
+        self.start_multiplier = float(state["start_multiplier"])
+        self.target_multiplier = float(state["target_multiplier"])
+        self.start_iter = int(state["start_iter"])
+        self.ramp_len = int(state["ramp_len"])
+
+    def __repr__(self):
+        return ("Transition(kind=%r, ramp_iters=%r, ramp_per_k=%r, shrink=%r, momentum_correction=%r)"
+                % (self.kind, self.ramp_iters, self.ramp_per_k, self.shrink, self.momentum_correction))
