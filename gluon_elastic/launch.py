@@ -1,0 +1,220 @@
+"""Launch an MXNet KVStore group (scheduler, servers, workers) on this machine.
+
+    python -m gluon_elastic.launch -n 2 -s 1 -- python scripts/train_mnist.py --backend dist_sync
+
+Every process gets the ``DMLC_*`` variables of its role on a free loopback port; the servers and the
+scheduler run ``python -c "import mxnet"`` (MXNet starts its server loop on import when
+``DMLC_ROLE`` says so). Output is streamed line by line with a ``[worker 0]`` style prefix.
+SIGINT/SIGTERM are forwarded to the whole group. The launcher returns the first non-zero exit code
+of any process (a failed worker stops the others, since ps-lite survivors would block forever), or
+0 when every worker succeeded; no process of the group outlives it.
+"""
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+__all__ = ["Group", "free_port", "main"]
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port free on ``host`` at the time of the call."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class Group:
+    """One KVStore group: scheduler, ``num_servers`` servers and ``num_workers`` workers.
+
+    Parameters
+    ----------
+    command : list of str
+        Worker command line.
+    num_workers, num_servers : int
+        Group size.
+    env : dict, optional
+        Extra environment for every process (``GLUON_ELASTIC_*`` settings, ``OMP_NUM_THREADS``).
+    output : file, optional
+        Where prefixed lines go (default stdout).
+    host : str
+        Scheduler address; loopback by default.
+    """
+
+    def __init__(self, command, num_workers, num_servers=1, env=None, output=None,
+                 host="127.0.0.1"):
+        if num_workers < 1 or num_servers < 1:
+            raise ValueError("num_workers and num_servers must be >= 1, got %r and %r"
+                             % (num_workers, num_servers))
+        if not command:
+            raise ValueError("no worker command given")
+        self.command = list(command)
+        self.num_workers = num_workers
+        self.num_servers = num_servers
+        self.env = dict(env or {})
+        self.output = output or sys.stdout
+        self.host = host
+        self.port = None
+        self.procs = {}          # name -> Popen
+        self._threads = []
+        self._lock = threading.Lock()
+
+    def _base_env(self):
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update({"DMLC_PS_ROOT_URI": self.host, "DMLC_PS_ROOT_PORT": str(self.port),
+                    "DMLC_NUM_SERVER": str(self.num_servers),
+                    "DMLC_NUM_WORKER": str(self.num_workers), "PS_VERBOSE": env.get("PS_VERBOSE", "0")})
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _spawn(self, name, role, command, extra_env=None):
+        env = self._base_env()
+        env["DMLC_ROLE"] = role
+        env.update(extra_env or {})
+        # A new session per process: the whole tree of each can be signalled at once.
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = proc
+        thread = threading.Thread(target=self._pump, args=(name, proc), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return proc
+
+    def _pump(self, name, proc):
+        prefix = "[%s] " % name
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            with self._lock:
+                self.output.write(prefix + line if line.endswith("\n") else prefix + line + "\n")
+                self.output.flush()
+        proc.stdout.close()
+
+    def start(self):
+        """Start scheduler, servers and workers; returns self."""
+        self.port = free_port(self.host)
+        server_cmd = [sys.executable, "-c", "import mxnet"]
+        self._spawn("scheduler", "scheduler", server_cmd)
+        for index in range(self.num_servers):
+            self._spawn("server %d" % index, "server", server_cmd)
+        for index in range(self.num_workers):
+            # ps-lite assigns ranks itself; the launch index is only a label and a hint.
+            self._spawn("worker %d" % index, "worker", self.command,
+                        {"GLUON_ELASTIC_LAUNCH_INDEX": str(index)})
+        return self
+
+    def workers(self):
+        return {name: proc for name, proc in self.procs.items() if name.startswith("worker")}
+
+    def poll(self):
+        """``(first_failure, all_workers_done)``; first_failure is ``(name, code)`` or None."""
+        for name, proc in self.procs.items():
+            code = proc.poll()
+            if code not in (None, 0):
+                return (name, code), False
+        return None, all(proc.poll() == 0 for proc in self.workers().values())
+
+    def signal(self, signum):
+        """Send ``signum`` to every live process of the group (whole process trees)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    def stop(self, grace=5.0):
+        """Terminate what still runs, then kill what outlives ``grace`` seconds."""
+        self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal(signal.SIGKILL)
+        for proc in self.procs.values():
+            proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+
+    def wait(self, timeout=None, poll_interval=0.1):
+        """Run to the end; returns the first non-zero exit code, or 0.
+
+        Once every worker has exited 0, scheduler and servers get a few seconds to finish on their
+        own before they are stopped.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                failure, done = self.poll()
+                if failure is not None:
+                    name, code = failure
+                    self._note("%s exited with code %d; stopping the group" % (name, code))
+                    return code
+                if done:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    self._note("timed out after %.0f s; stopping the group" % timeout)
+                    return 124
+                time.sleep(poll_interval)
+            end = time.monotonic() + 10.0
+            while time.monotonic() < end and any(p.poll() is None for p in self.procs.values()):
+                time.sleep(poll_interval)
+            failure, _ = self.poll()
+            return failure[1] if failure else 0
+        finally:
+            self.stop()
+
+    def _note(self, text):
+        with self._lock:
+            self.output.write("[launch] %s\n" % text)
+            self.output.flush()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m gluon_elastic.launch",
+        description="Run an MXNet KVStore group (scheduler, servers, workers) on this machine.")
+    parser.add_argument("-n", "--num-workers", type=int, required=True, help="worker processes")
+    parser.add_argument("-s", "--num-servers", type=int, default=1, help="server processes")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="stop the group after this many seconds (exit code 124)")
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="worker command, after '--'")
+    args = parser.parse_args(argv)
+    if args.command and args.command[0] == "--":
+        args.command = args.command[1:]
+    if not args.command:
+        parser.error("give the worker command after '--'")
+    if args.num_workers < 1:
+        parser.error("--num-workers must be >= 1, got %d" % args.num_workers)
+    if args.num_servers < 1:
+        parser.error("--num-servers must be >= 1, got %d" % args.num_servers)
+    return args
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit code."""
+    args = parse_args(argv)
+    group = Group(args.command, args.num_workers, args.num_servers)
+
+    def forward(signum, _frame):
+        group.signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        group.start()
+        return group.wait(timeout=args.timeout)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
