@@ -1,0 +1,80 @@
+"""Emulated workers: the arithmetic of an N-worker group inside one process.
+
+The paper varies the GPU count between 8 and 128. :class:`EmulatedWorkers` reproduces what such a
+group computes on one device: the global batch is split into per-worker batches exactly as the
+batch policy splits it, every virtual worker runs its own forward and backward pass (so BatchNorm
+normalises with that worker's batch statistics), and the gradients add up (``grad_req='add'``) to
+the sum over the global batch, which is what the reduction of a real group returns. With a
+:class:`gluon_elastic.backends.LocalBackend` whose ``world_size`` is the virtual world, the trainer
+then normalises, scales and corrects exactly as it would for real workers.
+
+BatchNorm running statistics: every real worker keeps its own and rank 0's are the ones evaluated
+and saved, so only virtual worker 0 is allowed to update them (the others' updates are undone).
+"""
+from mxnet import autograd
+
+__all__ = ["EmulatedWorkers"]
+
+
+class EmulatedWorkers:
+    """Run forward/backward for every virtual worker of the current world.
+
+    Parameters
+    ----------
+    params : mxnet.gluon.ParameterDict
+        The model's parameters; trainable ones are switched to ``grad_req='add'``.
+    """
+
+    def __init__(self, params):
+        self._params = list(params.values())
+        self._aux = [p for p in self._params if p.grad_req == "null"]
+        for param in self._params:
+            if param.grad_req == "write":
+                param.grad_req = "add"
+
+    def forward_backward(self, loss_fn, shards):
+        """Accumulate the gradients of every shard.
+
+        Parameters
+        ----------
+        loss_fn : callable
+            ``loss_fn(rank, shard)`` returns the loss NDArray of one virtual worker's batch, to be
+            differentiated (its sum is taken, as ``backward`` of a vector loss does).
+        shards : sequence
+            One per-worker batch per virtual rank, in rank order.
+
+        Returns
+        -------
+        list of NDArray
+            Each virtual worker's loss.
+        """
+        for param in self._params:
+            if param.grad_req != "null":
+                param.zero_grad()
+        saved_aux = None
+        losses = []
+        for rank, shard in enumerate(shards):
+            with autograd.record():
+                loss = loss_fn(rank, shard)
+            loss.backward()
+            losses.append(loss)
+            if rank == 0:
+                saved_aux = [[d.copy() for d in p.list_data()] for p in self._aux]
+        if saved_aux is not None and len(shards) > 1:
+            for param, copies in zip(self._aux, saved_aux):
+                for dest, src in zip(param.list_data(), copies):
+                    src.copyto(dest)
+        return losses
+
+    @staticmethod
+    def split(array, local_batch_sizes):
+        """Split the first axis of ``array`` into per-worker batches of ``local_batch_sizes``."""
+        shards, start = [], 0
+        for size in local_batch_sizes:
+            shards.append(array[start:start + size])
+            start += size
+        if start != len(array):
+            raise ValueError("local batch sizes sum to %d, the array has %d samples"
+                             % (start, len(array)))
+        return shards
+
