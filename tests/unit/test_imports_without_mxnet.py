@@ -1,0 +1,33 @@
+"""The arithmetic modules import and work with MXNet blocked."""
+import subprocess
+import sys
+
+import pytest
+
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "mxnet" or name.startswith("mxnet.") or name.startswith("horovod"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+@pytest.mark.timeout(60)
+def test_policy_schedule_flags_import_with_mxnet_blocked():
+    code = BLOCK + """
+import gluon_elastic
+from gluon_elastic import policy, schedule, flags, data
+from gluon_elastic.policy import lr_scale
+assert lr_scale("linear", 64, 32) == 2.0
+assert "mxnet" not in sys.modules
+try:
+    import mxnet
+except ImportError:
+    print("blocked-ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "blocked-ok"

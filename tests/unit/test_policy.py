@@ -1,0 +1,154 @@
+"""Scaling rules, batch policies and transitions against their closed forms."""
+import math
+
+import pytest
+
+from gluon_elastic.policy import BatchPolicy, Transition, lr_scale
+
+
+@pytest.mark.parametrize("rule, expected", [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
+def test_lr_scale_rules(rule, expected):
+    assert lr_scale(rule, 1024, 256) == expected
+
+
+def test_lr_scale_at_base_is_one():
+    for rule in ("none", "linear", "sqrt"):
+        assert lr_scale(rule, 256, 256) == 1.0
+
+
+@pytest.mark.parametrize("args, name", [
+    (("cubic", 8, 8), "scaling rule"),
+    (("linear", 0, 8), "global_batch_size"),
+    (("linear", 8, -1), "base_batch_size"),
+    (("linear", 8.5, 8), "global_batch_size"),
+])
+def test_lr_scale_rejects_bad_input(args, name):
+    with pytest.raises(ValueError, match=name):
+        lr_scale(*args)
+
+
+def test_fixed_local_policy():
+    policy = BatchPolicy("fixed_local", local_batch_size=32)
+    assert policy.global_batch_size(1) == 32
+    assert policy.global_batch_size(5) == 160
+    assert policy.local_batch_sizes(3) == [32, 32, 32]
+    assert policy.local_batch_size(3, rank=2) == 32
+
+
+def test_fixed_global_policy_splits_remainder_to_first_ranks():
+    policy = BatchPolicy("fixed_global", global_batch_size=256)
+    assert policy.global_batch_size(3) == 256
+    assert policy.local_batch_sizes(3) == [86, 85, 85]
+    assert sum(policy.local_batch_sizes(7)) == 256
+    assert policy.local_batch_sizes(256) == [1] * 256
+    with pytest.raises(ValueError, match="world_size 257"):
+        policy.local_batch_sizes(257)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"name": "fixed"}, "batch policy"),
+    ({"name": "fixed_local"}, "local_batch_size"),
+    ({"name": "fixed_local", "local_batch_size": 0}, "local_batch_size"),
+    ({"name": "fixed_local", "local_batch_size": -3}, "local_batch_size"),
+    ({"name": "fixed_global", "global_batch_size": 0}, "global_batch_size"),
+])
+def test_batch_policy_rejects_bad_input(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        BatchPolicy(**kwargs)
+
+
+def test_batch_policy_rejects_bad_world_size():
+    with pytest.raises(ValueError, match="world_size"):
+        BatchPolicy("fixed_local", local_batch_size=4).global_batch_size(0)
+
+
+def test_immediate_transition_jumps_at_the_change():
+    transition = Transition("immediate")
+    transition.reset(1.0)
+    info = transition.change(10, 4.0)
+    assert info == {"k": 4.0, "from_multiplier": 1.0, "target_multiplier": 4.0, "ramp_len": 0}
+    assert transition.multiplier(9) == 1.0
+    assert transition.multiplier(10) == 4.0
+    assert transition.multiplier(1000) == 4.0
+
+
+def test_dynamic_ramp_follows_equation_6():
+    # gamma_t = 1 + ((t - t0) / T) (k - 1) for t - t0 < T, k afterwards; eta = 0.5, k = 4, T = 8.
+    transition = Transition("dynamic", ramp_iters=8)
+    transition.reset(0.5)
+    transition.change(20, 2.0)
+    for t in range(20, 40):
+        gamma = 1 + ((t - 20) / 8) * (4 - 1) if t - 20 < 8 else 4
+        assert transition.multiplier(t) == pytest.approx(0.5 * gamma, rel=1e-15)
+    assert transition.in_ramp(20) and transition.in_ramp(27) and not transition.in_ramp(28)
+
+
+def test_ramp_proportional_to_k():
+    transition = Transition("dynamic", ramp_per_k=8)
+    transition.reset(1.0)
+    assert transition.change(0, 16.0)["ramp_len"] == 128
+    assert Transition("dynamic", ramp_per_k=2.5, shrink="ramp").ramp_length(0.25) == 10
+
+
+def test_shrink_is_immediate_by_default_and_can_ramp():
+    immediate = Transition("dynamic", ramp_iters=10)
+    immediate.reset(8.0)
+    assert immediate.change(5, 2.0)["ramp_len"] == 0
+    assert immediate.multiplier(5) == 2.0
+    ramp = Transition("dynamic", ramp_iters=10, shrink="ramp")
+    ramp.reset(8.0)
+    assert ramp.change(5, 2.0)["ramp_len"] == 10
+    assert ramp.multiplier(10) == pytest.approx(8.0 + 0.5 * (2.0 - 8.0))
+
+
+def test_change_mid_ramp_starts_from_multiplier_in_use():
+    transition = Transition("dynamic", ramp_iters=10)
+    transition.reset(1.0)
+    transition.change(0, 3.0)
+    # Step 4 used 1 + 4/10 * 2 = 1.8; a change arriving before step 5 starts from it.
+    info = transition.change(5, 0.9 * 2)
+    assert info["from_multiplier"] == pytest.approx(1.8)
+    assert info["k"] == pytest.approx(1.0)
+    assert info["ramp_len"] == 0
+
+
+def test_two_changes_before_any_step_keep_the_multiplier_in_use():
+    transition = Transition("immediate")
+    transition.reset(1.0)
+    transition.change(7, 2.0)
+    info = transition.change(7, 3.0)
+    assert info["from_multiplier"] == 1.0 and info["k"] == 3.0
+
+
+def test_zero_ramp_is_immediate():
+    transition = Transition("dynamic", ramp_iters=0)
+    transition.reset(1.0)
+    transition.change(3, 2.0)
+    assert transition.multiplier(3) == 2.0
+
+
+def test_transition_state_round_trip():
+    transition = Transition("dynamic", ramp_iters=6)
+    transition.reset(1.0)
+    transition.change(4, 2.5)
+    copy = Transition("dynamic", ramp_iters=6)
+    copy.load_state_dict(transition.state_dict())
+    assert [copy.multiplier(t) for t in range(15)] == [transition.multiplier(t) for t in range(15)]
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"kind": "gradual"}, "transition"),
+    ({"ramp_iters": -1}, "ramp_iters"),
+    ({"ramp_iters": 2.5}, "ramp_iters"),
+    ({"ramp_per_k": -1.0}, "ramp_per_k"),
+    ({"ramp_iters": 4, "ramp_per_k": 2.0}, "ramp_iters or ramp_per_k"),
+    ({"shrink": "slow"}, "shrink"),
+    ({"initial_multiplier": 0}, "initial_multiplier"),
+])
+def test_transition_rejects_bad_input(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Transition(**kwargs)
+
+
+def test_sqrt_rule_value():
+    assert lr_scale("sqrt", 512, 128) == math.sqrt(4)
