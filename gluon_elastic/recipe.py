@@ -1,0 +1,400 @@
+"""What every GluonCV recipe in ``scripts/`` shares: validation, device, log format, checkpoints,
+and the elastic training loop.
+
+Contract
+--------
+A recipe supplies the nouns (data set, model, per-shard loss, evaluation of a shard of the
+validation set) and calls :class:`ElasticLoop`, which owns the verbs that must be identical in
+every recipe:
+
+* **one code path for every backend.** The loop asks the backend for ``rank`` and ``world_size``
+  and never looks at its name. With ``--emulate-schedule`` the process is a
+  :class:`gluon_elastic.backends.LocalBackend` whose ``world_size`` is set at the start of each
+  epoch to the schedule's virtual world, and :class:`gluon_elastic.emulate.EmulatedWorkers` runs
+  the forward/backward of every virtual worker on its own per-worker batch (own BatchNorm batch
+  statistics); the gradients add up to the sum over the global batch, as a real group's
+  reduction does. A real worker is the same loop with one shard: its own.
+* **data order.** :class:`gluon_elastic.data.ElasticSampler` splits each global batch over the ranks
+  of the *current* world; a short last global batch is dropped, so every worker always trains on
+  its full per-worker batch (and BatchNorm never sees a batch of one).
+* **state.** The sampler moves to the next epoch *before* the end-of-epoch checkpoint and commit,
+  so saved state always says where to start. Parameters are saved with
+  ``Block.save_parameters`` and the trainer with ``ElasticTrainer.save_states`` (Gluon's
+  formats), next to a small JSON file with the sampler state; a run started with the same
+  ``--checkpoint-dir`` resumes from it, in whatever world it now has (restart elasticity).
+* **in-place elasticity.** The loop calls ``state.commit()`` every ``--commit-interval`` steps and at
+  the end of each epoch and ``state.check_host_updates()`` every ``--check-interval`` steps, so a
+  Horovod-style run decorator can wrap :meth:`ElasticLoop.run`; without one, these are no-ops.
+* **log format** (rank 0 only; GluonCV's fields, with world size and global batch added)::
+
+    Epoch[E] Batch [B]\\tSpeed: S samples/sec\\tworld=W\\tglobal_batch=G\\tlr=L\\tloss=X
+    [Epoch E] training: loss=X\\tworld=W\\tglobal_batch=G
+    [Epoch E] speed: S samples/sec\\ttime cost: T
+    [Epoch E] validation: name=value\\t...
+
+  ``Speed`` counts samples of the whole (real or virtual) group, ``lr`` is the LR of the last step
+  and ``loss`` the mean per-sample loss of the epoch so far (this worker's, or every virtual
+  worker's when emulating).
+"""
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from . import backends as _backends
+from . import flags as _flags
+
+__all__ = ["check_elastic_args", "create_backend", "choose_context", "setup_logging",
+           "format_metrics", "RecipeCheckpoint", "ElasticLoop", "NoElasticState", "elastic_runner",
+           "run_loop"]
+
+logger = logging.getLogger("gluon_elastic.recipe")
+
+
+# ------------------------------------------------------------------------------- validation
+def check_elastic_args(parser, args, num_train_samples, num_epochs):
+    """End the program with a usage message (exit code 2) when the elastic flags cannot work.
+
+    Checks what argparse cannot see alone: the flag combinations of
+    :func:`gluon_elastic.flags.trainer_kwargs`, an emulated schedule on a multi-process backend or
+    past the last epoch, and a global batch larger than the training set at any world of the
+    schedule. Nothing has been written when this runs.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    args : argparse.Namespace
+    num_train_samples : int
+        Size of the training set.
+    num_epochs : int
+        Epochs the run trains.
+    """
+    try:
+        _flags.trainer_kwargs(args)
+    except ValueError as err:
+        parser.error(str(err))
+    worlds = [1]
+    if args.emulate_schedule is not None:
+        if args.backend not in ("local", "device"):
+            parser.error("--emulate-schedule runs the virtual world in one process; use "
+                         "--backend local or device, got --backend %s" % args.backend)
+        late = [epoch for epoch, _ in args.emulate_schedule if epoch >= num_epochs]
+        if late:
+            parser.error("--emulate-schedule changes the world at epoch %d, but training has only "
+                         "%d epochs (0..%d)" % (late[0], num_epochs, num_epochs - 1))
+        worlds = [world_size for _, world_size in args.emulate_schedule]
+    for world_size in worlds:
+        if args.batch_policy == "fixed_global":
+            global_batch_size = args.global_batch_size
+            if world_size > global_batch_size:
+                parser.error("--global-batch-size %d cannot be split over a world of %d workers"
+                             % (global_batch_size, world_size))
+        else:
+            global_batch_size = args.local_batch_size * world_size
+        if global_batch_size > num_train_samples:
+            parser.error("global batch %d (world %d) is larger than the %d training samples; "
+                         "lower --local-batch-size or the world size"
+                         % (global_batch_size, world_size, num_train_samples))
+
+
+def create_backend(args):
+    """The backend named by ``--backend``; a LocalBackend of the first virtual world when emulating."""
+    if args.emulate_schedule is not None:
+        return _backends.LocalBackend(args.backend,
+                                      world_size=_flags.world_at(args.emulate_schedule, 0))
+    return _backends.create(args.backend)
+
+
+def choose_context(backend, device="auto"):
+    """One device per process: GPU ``local_rank`` when there is one (or ``device='gpu'``), else CPU.
+
+    Raises
+    ------
+    ValueError
+        ``device='gpu'`` on a machine without GPUs.
+    """
+    import mxnet as mx
+
+    num_gpus = mx.context.num_gpus()
+    if device == "cpu" or (device == "auto" and num_gpus == 0):
+        return mx.cpu()
+    if num_gpus == 0:
+        raise ValueError("--device gpu: no GPU is visible to MXNet")
+    return mx.gpu(backend.local_rank % num_gpus)
+
+
+def setup_logging(rank):
+    """Progress goes to stdout on rank 0 only; other ranks log warnings and errors."""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+
+
+def format_metrics(metrics):
+    """``name=value`` pairs joined by tabs, in the order given."""
+    return "\t".join("%s=%.6f" % (name, value) for name, value in metrics.items())
+
+
+# ------------------------------------------------------------------------------- checkpoints
+class RecipeCheckpoint:
+    """End-of-epoch checkpoints in Gluon's formats, written by rank 0, read by every rank.
+
+    Files: ``PREFIX-EEEE.params`` (``save_parameters``), ``PREFIX-EEEE.states``
+    (``ElasticTrainer.save_states``) and ``PREFIX-latest.json`` (epoch, file names, sampler state),
+    the JSON written last and atomically, so it only ever names complete files.
+
+    Parameters
+    ----------
+    directory : str or None
+        ``--checkpoint-dir``; None disables saving and resuming.
+    prefix : str
+        File name prefix, usually the model name.
+    keep : int
+        Epochs whose files are kept; older ones are removed once a newer index is in place.
+    """
+
+    def __init__(self, directory, prefix, keep=2):
+        self.directory = directory
+        self.prefix = prefix
+        self.keep = max(1, int(keep))
+
+    @property
+    def index_path(self):
+        return os.path.join(self.directory, "%s-latest.json" % self.prefix)
+
+    def latest(self):
+        """The saved index (dict) or None when there is nothing to resume."""
+        if self.directory is None or not os.path.exists(self.index_path):
+            return None
+        with open(self.index_path) as fin:
+            return json.load(fin)
+
+    def save(self, epoch, net, trainer, sampler, metrics=None):
+        """Save after ``epoch``; only rank 0 writes. Returns the index dict (None elsewhere)."""
+        if self.directory is None or trainer.rank != 0:
+            return None
+        os.makedirs(self.directory, exist_ok=True)
+        stem = "%s-%04d" % (self.prefix, epoch)
+        params_file, states_file = stem + ".params", stem + ".states"
+        net.save_parameters(os.path.join(self.directory, params_file))
+        trainer.save_states(os.path.join(self.directory, states_file))
+        index = {"epoch": epoch, "params": params_file, "states": states_file,
+                 "sampler": sampler.state_dict(), "world_size": trainer.world_size,
+                 "global_batch_size": trainer.global_batch_size,
+                 "iteration": trainer.iteration, "progress": trainer.progress,
+                 "metrics": dict(metrics or {})}
+        tmp_path = self.index_path + ".tmp"
+        with open(tmp_path, "w") as fout:
+            json.dump(index, fout, indent=1, sort_keys=True)
+        os.replace(tmp_path, self.index_path)
+        old = "%s-%04d" % (self.prefix, epoch - self.keep)
+        for suffix in (".params", ".states"):
+            if epoch >= self.keep and os.path.exists(os.path.join(self.directory, old + suffix)):
+                os.remove(os.path.join(self.directory, old + suffix))
+        return index
+
+    def load_parameters(self, net, ctx):
+        """Load the latest parameters into ``net``; returns the index or None."""
+        index = self.latest()
+        if index is not None:
+            net.load_parameters(os.path.join(self.directory, index["params"]), ctx=ctx)
+        return index
+
+    def load_states(self, index, trainer, sampler):
+        """Load trainer and sampler state named by ``index`` (from :meth:`load_parameters`)."""
+        trainer.load_states(os.path.join(self.directory, index["states"]))
+        sampler.load_state_dict(index["sampler"])
+
+
+# ------------------------------------------------------------------------------- elastic loop
+class NoElasticState:
+    """Stand-in for an elastic state when nothing can change in place: commit and check do nothing."""
+
+    def commit(self):
+        """Nothing to commit."""
+
+    def check_host_updates(self):
+        """Nothing to check."""
+
+
+def elastic_runner():
+    """``(make_state, run)`` of the in-place elastic machinery, or None when it is not available.
+
+    ``make_state(net, trainer, sampler)`` builds the state object and ``run(fn)`` wraps the loop.
+    """
+    try:
+        from .run import run as elastic_run
+        from .state import ElasticState
+    except ImportError:
+        return None
+    return ElasticState, elastic_run
+
+
+class ElasticLoop:
+    """The training loop shared by the recipes.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed flags: the elastic ones, ``epochs`` and ``log_interval``.
+    net : mxnet.gluon.Block
+    trainer : gluon_elastic.ElasticTrainer
+    sampler : gluon_elastic.data.ElasticSampler
+        Over the training set.
+    make_loader : callable
+        ``make_loader(batch_indices, epoch)`` returns an iterable of batches (tuples of NDArrays
+        whose first axis follows the indices) for an iterable of index lists, one list per step.
+    loss_fn : callable
+        ``loss_fn(net, shard)`` returns the per-sample loss of one worker's batch (a tuple of
+        NDArrays); its sum is differentiated and the trainer divides by the global batch.
+    evaluate_fn : callable
+        ``evaluate_fn(net, indices)`` returns picklable statistics of a shard of the validation set.
+    reduce_fn : callable
+        ``reduce_fn(list_of_statistics)`` returns an ordered dict of metrics.
+    num_val_samples : int
+        Size of the validation set (0: no evaluation).
+    checkpoint : RecipeCheckpoint
+    """
+
+    def __init__(self, args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
+                 num_val_samples, checkpoint):
+        from .emulate import EmulatedWorkers
+
+        self.args = args
+        self.net = net
+        self.trainer = trainer
+        self.sampler = sampler
+        self.make_loader = make_loader
+        self.loss_fn = loss_fn
+        self.evaluate_fn = evaluate_fn
+        self.reduce_fn = reduce_fn
+        self.num_val_samples = num_val_samples
+        self.checkpoint = checkpoint
+        self.emulated = args.emulate_schedule is not None
+        self.workers = EmulatedWorkers(net.collect_params())
+        self._aux_params = [p for p in net.collect_params().values() if p.grad_req == "null"]
+        self.history = []   # (epoch, metrics) of every evaluation, on every rank
+
+    # -------------------------------------------------------------------------------- pieces
+    def set_world(self, epoch):
+        """Apply the emulated schedule's world for ``epoch`` (a no-op for real workers)."""
+        if self.emulated:
+            self.trainer.backend.set_world_size(_flags.world_at(self.args.emulate_schedule, epoch))
+
+    def _ranks(self):
+        # A real worker trains its own shard; the emulating process trains every virtual worker's.
+        return list(range(self.trainer.world_size)) if self.emulated else [self.trainer.rank]
+
+    def step_batches(self):
+        """Yield ``(per-rank index lists, global batch size)`` for the rest of the epoch."""
+        local_batch_sizes = self.trainer.batch_policy.local_batch_sizes(self.trainer.world_size)
+        full = sum(local_batch_sizes)
+        iterators = [self.sampler.iter_batches(local_batch_sizes, rank) for rank in self._ranks()]
+        for parts in zip(*iterators):
+            global_batch_size = parts[0][1]
+            if global_batch_size < full:
+                return
+            yield [list(indices) for indices, _ in parts], global_batch_size
+
+    def train_epoch(self, epoch, state):
+        """Train the rest of ``epoch``; returns ``(mean loss, samples, seconds)`` of this call."""
+        import mxnet as mx
+
+        plan = []
+
+        def flat_indices():
+            for index_lists, global_batch_size in self.step_batches():
+                plan.append(([len(indices) for indices in index_lists], global_batch_size))
+                yield [i for indices in index_lists for i in indices]
+
+        tic = time.time()
+        batch_tic = tic
+        samples = batch_samples = 0
+        loss_sum, loss_count = 0.0, 0
+        is_root = self.trainer.rank == 0
+        for number, batch in enumerate(self.make_loader(flat_indices(), epoch)):
+            shard_sizes, global_batch_size = plan[number]
+            columns = [self.workers.split(array, shard_sizes) for array in batch]
+            shards = [tuple(column[rank] for column in columns) for rank in range(len(shard_sizes))]
+            losses = self.workers.forward_backward(
+                lambda _rank, shard: self.loss_fn(self.net, shard), shards)
+            self.trainer.step(global_batch_size=global_batch_size)
+            self.sampler.record(global_batch_size)
+            samples += global_batch_size
+            batch_samples += global_batch_size
+            loss_sum += sum(float(loss.sum().asscalar()) for loss in losses)
+            loss_count += sum(shard_sizes)
+            if self.trainer.iteration % self.args.commit_interval == 0:
+                state.commit()
+            if self.trainer.iteration % self.args.check_interval == 0:
+                state.check_host_updates()
+            if is_root and self.args.log_interval and (number + 1) % self.args.log_interval == 0:
+                now = time.time()
+                logger.info("Epoch[%d] Batch [%d]\tSpeed: %.2f samples/sec\tworld=%d\t"
+                            "global_batch=%d\tlr=%.6f\tloss=%.6f", epoch, number + 1,
+                            batch_samples / max(now - batch_tic, 1e-9), self.trainer.world_size,
+                            self.trainer.global_batch_size, self.trainer.optimizer.lr,
+                            loss_sum / max(loss_count, 1))
+                batch_tic, batch_samples = now, 0
+        mx.nd.waitall()
+        return loss_sum / max(loss_count, 1), samples, time.time() - tic
+
+    def evaluate(self):
+        """Evaluate on the validation set sharded by the current world; same metrics on every rank."""
+        if self.num_val_samples == 0:
+            return {}
+        # Every real worker keeps its own BatchNorm running statistics; rank 0's are the ones saved
+        # (and virtual worker 0's when emulating), so every rank evaluates with those.
+        if self._aux_params:
+            self.trainer.backend.broadcast_arrays([p.data() for p in self._aux_params],
+                                                  name="recipe.aux")
+        indices = np.arange(self.num_val_samples)
+        if not self.emulated:
+            indices = indices[self.trainer.rank::self.trainer.world_size]
+        statistics = self.evaluate_fn(self.net, indices)
+        return self.reduce_fn(self.trainer.backend.allgather_object(statistics, name="recipe.eval"))
+
+    # -------------------------------------------------------------------------------- the loop
+    def run(self, state=None):
+        """Train from the sampler's epoch to ``args.epochs``; returns the last metrics.
+
+        Re-entrant: a run decorator may call it again after a reset, and it resumes from the
+        restored sampler.
+        """
+        import mxnet as mx
+
+        state = state if state is not None else NoElasticState()
+        metrics = {}
+        while self.sampler.epoch < self.args.epochs:
+            epoch = self.sampler.epoch
+            self.set_world(epoch)
+            loss, samples, seconds = self.train_epoch(epoch, state)
+            metrics = self.evaluate()
+            self.history.append((epoch, metrics))
+            if self.trainer.rank == 0:
+                logger.info("[Epoch %d] training: loss=%.6f\tworld=%d\tglobal_batch=%d", epoch, loss,
+                            self.trainer.world_size, self.trainer.global_batch_size)
+                logger.info("[Epoch %d] speed: %d samples/sec\ttime cost: %.3f", epoch,
+                            int(samples / max(seconds, 1e-9)), seconds)
+                if metrics:
+                    logger.info("[Epoch %d] validation: %s", epoch, format_metrics(metrics))
+            self.sampler.set_epoch(epoch + 1)
+            self.checkpoint.save(epoch, self.net, self.trainer, self.sampler, metrics)
+            state.commit()
+        mx.nd.waitall()
+        self.trainer.backend.barrier()
+        return metrics
+
+
+def run_loop(loop):
+    """Run ``loop`` under the in-place elastic machinery when it is installed, else directly.
+
+    Returns the last metrics.
+    """
+    runner = elastic_runner()
+    if runner is None:
+        return loop.run()
+    make_state, elastic_run = runner
+    state = make_state(loop.net, loop.trainer, loop.sampler)
+    return elastic_run(loop.run)(state)

@@ -1,0 +1,208 @@
+"""Tiny data sets in the real on-disk formats of the recipes, generated at test time, and helpers.
+
+* ImageNet RecordIO: ``train.rec/.idx`` and ``val.rec/.idx`` of JPEG images packed with
+  ``mx.recordio.pack_img`` (what ``im2rec`` writes);
+* Pascal VOC detection: ``VOCdevkit/VOC2007/{Annotations/*.xml, JPEGImages/*.jpg,
+  ImageSets/Main/*.txt}``;
+* COCO detection: ``annotations/instances_<split>.json`` and ``<split>/*.jpg``;
+* Pascal VOC segmentation: ``VOC2012/{JPEGImages, SegmentationClass/*.png,
+  ImageSets/Segmentation/*.txt}``; ADE20K: ``ADEChallengeData2016/{images,annotations}/{training,
+  validation}``.
+
+Images carry a class-dependent colour so that a few steps of training can move the metrics.
+"""
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PALETTE = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200)]
+
+
+def load_recipe(relative_path):
+    """Import a recipe script (``scripts/.../x.py``) as a module."""
+    path = os.path.join(ROOT, relative_path)
+    name = "recipe_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _image(rng, size, label):
+    base = np.array(PALETTE[label % len(PALETTE)], dtype=np.float64)
+    noise = rng.normal(0, 25, size=(size, size, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def _write_jpeg(path, image):
+    from PIL import Image
+
+    Image.fromarray(image).save(path, quality=92)
+
+
+def make_imagenet_rec(directory, num_train=16, num_val=8, classes=4, size=40, seed=0):
+    """Write ``train.rec/.idx`` and ``val.rec/.idx``; returns ``directory``."""
+    import mxnet as mx
+
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    for split, count in (("train", num_train), ("val", num_val)):
+        record = mx.recordio.MXIndexedRecordIO(os.path.join(directory, split + ".idx"),
+                                               os.path.join(directory, split + ".rec"), "w")
+        for index in range(count):
+            label = index % classes
+            # im2rec stores images BGR (OpenCV); pack_img encodes with OpenCV.
+            image = _image(rng, size, label)[:, :, ::-1]
+            header = mx.recordio.IRHeader(0, float(label), index, 0)
+            record.write_idx(index, mx.recordio.pack_img(header, image, quality=92, img_fmt=".jpg"))
+        record.close()
+    return directory
+
+
+def _boxes(rng, size, count, classes):
+    boxes = []
+    for _ in range(count):
+        width, height = rng.randint(size // 4, size // 2, size=2)
+        x0, y0 = rng.randint(0, size - width), rng.randint(0, size - height)
+        boxes.append((x0, y0, x0 + width, y0 + height, int(rng.randint(classes))))
+    return boxes
+
+
+def _paint(rng, size, boxes):
+    image = np.clip(rng.normal(110, 20, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    for x0, y0, x1, y1, label in boxes:
+        image[y0:y1, x0:x1] = PALETTE[label % len(PALETTE)]
+    return image
+
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle")
+
+
+def make_voc_detection(directory, num_train=8, num_val=4, size=64, seed=0):
+    """Write ``VOCdevkit/VOC2007`` with ``trainval`` and ``test`` splits; returns ``VOCdevkit``."""
+    rng = np.random.RandomState(seed)
+    root = os.path.join(directory, "VOCdevkit", "VOC2007")
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for split, count, offset in (("trainval", num_train, 0), ("test", num_val, 1000)):
+        names = []
+        for index in range(count):
+            name = "%06d" % (offset + index)
+            names.append(name)
+            boxes = _boxes(rng, size, 1 + index % 2, len(VOC_CLASSES))
+            _write_jpeg(os.path.join(root, "JPEGImages", name + ".jpg"), _paint(rng, size, boxes))
+            objects = "".join(
+                "<object><name>%s</name><pose>Unspecified</pose><truncated>0</truncated>"
+                "<difficult>0</difficult><bndbox><xmin>%d</xmin><ymin>%d</ymin><xmax>%d</xmax>"
+                "<ymax>%d</ymax></bndbox></object>" % (VOC_CLASSES[label], x0 + 1, y0 + 1, x1, y1)
+                for x0, y0, x1, y1, label in boxes)
+            with open(os.path.join(root, "Annotations", name + ".xml"), "w") as fout:
+                fout.write("<annotation><folder>VOC2007</folder><filename>%s.jpg</filename>"
+                           "<size><width>%d</width><height>%d</height><depth>3</depth></size>"
+                           "<segmented>0</segmented>%s</annotation>" % (name, size, size, objects))
+        with open(os.path.join(root, "ImageSets", "Main", split + ".txt"), "w") as fout:
+            fout.write("\n".join(names) + "\n")
+    return os.path.join(directory, "VOCdevkit")
+
+
+def make_coco_detection(directory, num_train=8, num_val=4, size=64, seed=0):
+    """Write ``annotations/instances_{train2017,val2017}.json`` and the JPEGs; returns ``directory``."""
+    rng = np.random.RandomState(seed)
+    categories = [{"id": 10 + index, "name": name, "supercategory": "thing"}
+                  for index, name in enumerate(VOC_CLASSES)]
+    os.makedirs(os.path.join(directory, "annotations"), exist_ok=True)
+    annotation_id = 1
+    for split, count in (("train2017", num_train), ("val2017", num_val)):
+        os.makedirs(os.path.join(directory, split), exist_ok=True)
+        images, annotations = [], []
+        for index in range(count):
+            image_id = 100 + index
+            file_name = "%012d.jpg" % image_id
+            boxes = _boxes(rng, size, 1 + index % 2, len(categories))
+            _write_jpeg(os.path.join(directory, split, file_name), _paint(rng, size, boxes))
+            images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+            for x0, y0, x1, y1, label in boxes:
+                annotations.append({"id": annotation_id, "image_id": image_id,
+                                    "category_id": categories[label]["id"],
+                                    "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                                    "iscrowd": 0})
+                annotation_id += 1
+        with open(os.path.join(directory, "annotations", "instances_%s.json" % split), "w") as fout:
+            json.dump({"images": images, "annotations": annotations, "categories": categories}, fout)
+    return directory
+
+
+def _segmentation_pair(rng, size, classes):
+    mask = np.zeros((size, size), dtype=np.uint8)
+    boxes = _boxes(rng, size, 2, classes - 1)
+    for x0, y0, x1, y1, label in boxes:
+        mask[y0:y1, x0:x1] = label + 1
+    image = np.clip(rng.normal(110, 20, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    for label in range(1, classes):
+        image[mask == label] = PALETTE[label % len(PALETTE)]
+    return image, mask
+
+
+def make_voc_segmentation(directory, num_train=6, num_val=4, size=64, seed=0):
+    """Write ``VOC2012`` with ``trainval`` and ``val`` segmentation splits; returns ``directory``."""
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    root = os.path.join(directory, "VOC2012")
+    for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for split, count, offset in (("trainval", num_train, 0), ("val", num_val, 1000)):
+        names = []
+        for index in range(count):
+            name = "2012_%06d" % (offset + index)
+            names.append(name)
+            image, mask = _segmentation_pair(rng, size, 5)
+            mask[0, :] = 255  # VOC's "void" border label, ignored by training and metrics
+            _write_jpeg(os.path.join(root, "JPEGImages", name + ".jpg"), image)
+            Image.fromarray(mask, mode="L").save(os.path.join(root, "SegmentationClass", name + ".png"))
+        with open(os.path.join(root, "ImageSets", "Segmentation", split + ".txt"), "w") as fout:
+            fout.write("\n".join(names) + "\n")
+    return directory
+
+
+def make_ade20k(directory, num_train=6, num_val=4, size=64, seed=0):
+    """Write ``ADEChallengeData2016`` (masks: 0 = other, k = class k - 1); returns ``directory``."""
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    root = os.path.join(directory, "ADEChallengeData2016")
+    for split, count in (("training", num_train), ("validation", num_val)):
+        os.makedirs(os.path.join(root, "images", split), exist_ok=True)
+        os.makedirs(os.path.join(root, "annotations", split), exist_ok=True)
+        for index in range(count):
+            name = "ADE_%s_%08d" % ("train" if split == "training" else "val", index + 1)
+            image, mask = _segmentation_pair(rng, size, 5)
+            _write_jpeg(os.path.join(root, "images", split, name + ".jpg"), image)
+            Image.fromarray(mask, mode="L").save(os.path.join(root, "annotations", split,
+                                                              name + ".png"))
+    return directory
+
+
+def parse_log(text):
+    """Lines of the recipes' fixed log format, as dicts, from rank 0's output."""
+    import re
+
+    records = []
+    for line in text.splitlines():
+        match = re.search(r"Epoch\[(\d+)\] Batch \[(\d+)\]\tSpeed: ([\d.]+) samples/sec\t(.*)", line)
+        if match:
+            fields = dict(item.split("=") for item in match.group(4).split("\t"))
+            records.append({"kind": "batch", "epoch": int(match.group(1)),
+                            "batch": int(match.group(2)), **{k: float(v) for k, v in fields.items()}})
+            continue
+        match = re.search(r"\[Epoch (\d+)\] (training|validation): (.*)", line)
+        if match:
+            fields = dict(item.split("=") for item in match.group(3).split("\t"))
+            records.append({"kind": match.group(2), "epoch": int(match.group(1)),
+                            **{k: float(v) for k, v in fields.items()}})
+    return records
