@@ -46,9 +46,9 @@ import numpy as np
 from . import backends as _backends
 from . import flags as _flags
 
-__all__ = ["check_elastic_args", "create_backend", "choose_context", "setup_logging",
+__all__ = ["add_schedule_args", "build_schedule", "check_elastic_args", "create_backend", "choose_context", "setup_logging",
            "format_metrics", "RecipeCheckpoint", "ElasticLoop", "NoElasticState", "elastic_runner",
-           "run_loop"]
+           "run_loop", "prepare", "fit"]
 
 logger = logging.getLogger("gluon_elastic.recipe")
 
@@ -134,6 +134,49 @@ def setup_logging(rank):
 def format_metrics(metrics):
     """``name=value`` pairs joined by tabs, in the order given."""
     return "\t".join("%s=%.6f" % (name, value) for name, value in metrics.items())
+
+
+# ------------------------------------------------------------------------------ LR schedule
+def add_schedule_args(parser, lr_mode="cosine", warmup_epochs=0.0, lr_decay_epoch=""):
+    """Flags of the base LR schedule (warmup, then step, cosine or poly decay) with recipe defaults."""
+    from .schedule import SCHEDULE_MODES
+
+    group = parser.add_argument_group("learning-rate schedule (in epochs of data, any world)")
+    group.add_argument("--lr-mode", default=lr_mode, choices=SCHEDULE_MODES,
+                       help="shape after warmup (default: %(default)s)")
+    group.add_argument("--lr-decay", type=float, default=0.1, help="factor of step decay")
+    group.add_argument("--lr-decay-epoch", default=lr_decay_epoch,
+                       help="comma-separated epochs of step decay (default: %(default)r)")
+    group.add_argument("--lr-power", type=float, default=0.9, help="exponent of poly decay")
+    group.add_argument("--warmup-epochs", type=float, default=warmup_epochs,
+                       help="linear warmup length (default: %(default)s)")
+    group.add_argument("--warmup-lr", type=float, default=None,
+                       help="LR at the start of warmup (default: lr / 100; must be > 0 with "
+                            "momentum correction, which rescales the momentum by the LR ratio)")
+    return group
+
+
+def build_schedule(parser, args, num_train_samples):
+    """The :class:`gluon_elastic.schedule.Schedule` of the schedule flags, in samples.
+
+    Warmup and decay are given in epochs and converted with the size of the training set, so the
+    LR follows the data seen whatever the world size. A bad value ends with a usage message.
+    """
+    from .schedule import Schedule
+
+    try:
+        decay_epochs = [float(e) for e in args.lr_decay_epoch.split(",") if e.strip()]
+    except ValueError:
+        parser.error("--lr-decay-epoch takes comma-separated epochs, got %r" % args.lr_decay_epoch)
+    warmup = int(args.warmup_epochs * num_train_samples)
+    warmup_lr = args.lr / 100.0 if args.warmup_lr is None else args.warmup_lr
+    total = max(int(args.epochs * num_train_samples), warmup + 1)
+    try:
+        return Schedule(args.lr_mode, base_lr=args.lr, total_samples=total, warmup_samples=warmup,
+                        warmup_lr=warmup_lr, step_factor=args.lr_decay, power=args.lr_power,
+                        step_samples=[int(e * num_train_samples) for e in decay_epochs])
+    except ValueError as err:
+        parser.error(str(err))
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -398,3 +441,52 @@ def run_loop(loop):
     make_state, elastic_run = runner
     state = make_state(loop.net, loop.trainer, loop.sampler)
     return elastic_run(loop.run)(state)
+
+
+# ------------------------------------------------------------------------------- entry points
+def prepare(parser, args, num_train_samples):
+    """Validate the elastic flags, create the backend, set up logging, choose the device, seed.
+
+    Returns
+    -------
+    (backend, ctx)
+    """
+    import mxnet as mx
+
+    check_elastic_args(parser, args, num_train_samples, args.epochs)
+    backend = create_backend(args)
+    setup_logging(backend.rank)
+    try:
+        ctx = choose_context(backend, getattr(args, "device", "auto"))
+    except ValueError as err:
+        parser.error(str(err))
+    mx.random.seed(args.seed)
+    np.random.seed(args.seed)
+    return backend, ctx
+
+
+def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_train_samples,
+        make_loader, loss_fn, evaluate_fn, reduce_fn, num_val_samples, prefix):
+    """Resume if ``--checkpoint-dir`` holds a checkpoint, build the trainer and sampler, train.
+
+    ``net`` must be initialised with its shapes resolved. Returns the :class:`ElasticLoop` after
+    training (``loop.history`` holds the metrics of every epoch).
+    """
+    from .data import ElasticSampler
+    from .trainer import ElasticTrainer
+
+    checkpoint = RecipeCheckpoint(args.checkpoint_dir, prefix)
+    resume = checkpoint.load_parameters(net, ctx)
+    trainer = ElasticTrainer(net.collect_params(), optimizer, optimizer_params, kvstore=backend,
+                             schedule=schedule, **_flags.trainer_kwargs(args))
+    sampler = ElasticSampler(num_train_samples, seed=args.seed)
+    if resume is not None:
+        checkpoint.load_states(resume, trainer, sampler)
+        logger.info("resumed after epoch %d from %s", resume["epoch"], args.checkpoint_dir)
+    logger.info("model %s, backend %s, world %d, global batch %d, lr %.6g, %d training samples",
+                prefix, backend.name, trainer.world_size, trainer.global_batch_size,
+                trainer.learning_rate, num_train_samples)
+    loop = ElasticLoop(args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
+                       num_val_samples, checkpoint)
+    run_loop(loop)
+    return loop

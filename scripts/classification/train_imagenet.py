@@ -38,8 +38,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from gluon_elastic import ElasticTrainer, Schedule, flags, recipe
-from gluon_elastic.data import ElasticSampler
+from gluon_elastic import flags, recipe
 
 logger = logging.getLogger("gluon_elastic.recipe")
 
@@ -71,13 +70,6 @@ def build_parser():
     parser.add_argument("--crop-ratio", type=float, default=0.875,
                         help="validation: center crop / resized short side")
     parser.add_argument("--epochs", type=int, default=90)
-    parser.add_argument("--lr-mode", default="cosine", choices=("cosine", "step"))
-    parser.add_argument("--lr-decay", type=float, default=0.1, help="factor of step decay")
-    parser.add_argument("--lr-decay-epoch", default="30,60,80", help="epochs of step decay")
-    parser.add_argument("--warmup-epochs", type=float, default=5.0)
-    parser.add_argument("--warmup-lr", type=float, default=None,
-                        help="LR at the start of warmup (default: lr / 100; must be > 0 with "
-                             "momentum correction)")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--wd", type=float, default=1e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
@@ -93,6 +85,7 @@ def build_parser():
     parser.add_argument("--num-data-workers", type=int, default=4,
                         help="data loader processes per worker")
     parser.add_argument("--log-interval", type=int, default=50, help="steps between progress lines")
+    recipe.add_schedule_args(parser, lr_mode="cosine", warmup_epochs=5.0, lr_decay_epoch="30,60,80")
     flags.add_elastic_args(parser, local_batch_size=32, lr=0.1)
     return parser
 
@@ -109,10 +102,6 @@ def parse_args(argv=None):
             parser.error("--%s must be > 0, got %r" % (name.replace("_", "-"), getattr(args, name)))
     if args.num_data_workers < 0:
         parser.error("--num-data-workers must be >= 0")
-    try:
-        args.lr_decay_epochs = [int(e) for e in args.lr_decay_epoch.split(",") if e.strip()]
-    except ValueError:
-        parser.error("--lr-decay-epoch takes comma-separated epochs, got %r" % args.lr_decay_epoch)
     if not args.synthetic:
         missing = [name for name in ("train.rec", "train.idx", "val.rec", "val.idx")
                    if not os.path.isfile(os.path.join(args.data_dir, name))]
@@ -240,19 +229,6 @@ def build_model(args, ctx):
     return net
 
 
-def build_schedule(args, num_train_samples):
-    """Warmup then cosine or step decay, in samples (so it holds at every world size)."""
-    warmup = int(args.warmup_epochs * num_train_samples)
-    warmup_lr = args.lr / 100.0 if args.warmup_lr is None else args.warmup_lr
-    total = args.epochs * num_train_samples
-    if args.lr_mode == "cosine":
-        return Schedule("cosine", base_lr=args.lr, total_samples=max(total, warmup + 1),
-                        warmup_samples=warmup, warmup_lr=warmup_lr)
-    return Schedule("step", base_lr=args.lr, warmup_samples=warmup, warmup_lr=warmup_lr,
-                    step_samples=[e * num_train_samples for e in args.lr_decay_epochs],
-                    step_factor=args.lr_decay)
-
-
 def make_loss_fn(args, ctx):
     """``loss_fn(net, (data, label))``: per-sample softmax cross-entropy with label smoothing."""
     loss = gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=args.label_smoothing == 0)
@@ -301,40 +277,19 @@ def reduce_metrics(statistics):
 
 # ------------------------------------------------------------------------------------ train
 def train(args):
-    """Build everything from parsed ``args`` and run the elastic loop; returns the loop."""
+    """Build everything from parsed ``args`` and train; returns the :class:`ElasticLoop`."""
     train_set, val_set = load_data(args)
-    recipe.check_elastic_args(args.parser, args, len(train_set), args.epochs)
-    backend = recipe.create_backend(args)
-    recipe.setup_logging(backend.rank)
-    try:
-        ctx = recipe.choose_context(backend, args.device)
-    except ValueError as err:
-        args.parser.error(str(err))
+    backend, ctx = recipe.prepare(args.parser, args, len(train_set))
     if args.dtype == "float16" and ctx.device_type != "gpu":
         args.parser.error("--dtype float16 needs a GPU context; this run is on %s" % ctx)
-    mx.random.seed(args.seed)
-    np.random.seed(args.seed)
     net = build_model(args, ctx)
-    checkpoint = recipe.RecipeCheckpoint(args.checkpoint_dir, args.model)
-    resume = checkpoint.load_parameters(net, ctx)
-    optimizer_params = {"learning_rate": args.lr, "momentum": args.momentum, "wd": args.wd}
-    if args.dtype == "float16":
-        optimizer_params["multi_precision"] = True
-    trainer = ElasticTrainer(net.collect_params(), "nag", optimizer_params, kvstore=backend,
-                             schedule=build_schedule(args, len(train_set)),
-                             **flags.trainer_kwargs(args))
-    sampler = ElasticSampler(len(train_set), seed=args.seed)
-    if resume is not None:
-        checkpoint.load_states(resume, trainer, sampler)
-        logger.info("resumed after epoch %d from %s", resume["epoch"], args.checkpoint_dir)
-    logger.info("model %s, backend %s, world %d, global batch %d, lr %.6g, %d training images",
-                args.model, backend.name, trainer.world_size, trainer.global_batch_size,
-                trainer.learning_rate, len(train_set))
-    loop = recipe.ElasticLoop(args, net, trainer, sampler, make_train_loader(args, train_set),
-                              make_loss_fn(args, ctx), make_evaluate_fn(args, val_set, ctx),
-                              reduce_metrics, len(val_set), checkpoint)
-    recipe.run_loop(loop)
-    return loop
+    optimizer_params = {"learning_rate": args.lr, "momentum": args.momentum, "wd": args.wd,
+                        "multi_precision": args.dtype == "float16"}
+    return recipe.fit(args, backend, ctx, net, "nag", optimizer_params,
+                      recipe.build_schedule(args.parser, args, len(train_set)), len(train_set),
+                      make_train_loader(args, train_set), make_loss_fn(args, ctx),
+                      make_evaluate_fn(args, val_set, ctx), reduce_metrics, len(val_set),
+                      args.model)
 
 
 def main(argv=None):

@@ -69,7 +69,7 @@ def _boxes(rng, size, count, classes):
     for _ in range(count):
         width, height = rng.randint(size // 4, size // 2, size=2)
         x0, y0 = rng.randint(0, size - width), rng.randint(0, size - height)
-        boxes.append((x0, y0, x0 + width, y0 + height, int(rng.randint(classes))))
+        boxes.append((int(x0), int(y0), int(x0 + width), int(y0 + height), int(rng.randint(classes))))
     return boxes
 
 

@@ -1,0 +1,368 @@
+"""Elastic object detection with GluonCV's SSD and YOLOv3 on Pascal VOC or COCO.
+
+Data, ``--dataset voc`` (mAP at IoU 0.5, VOC07 11-point):  ``--data-dir`` is a ``VOCdevkit`` with
+``VOC2007``/``VOC2012`` folders (``Annotations``, ``JPEGImages``, ``ImageSets/Main``).
+``--dataset coco``: ``--data-dir`` holds ``annotations/instances_<split>.json`` and ``<split>/``
+image folders; it is read directly from the JSON and evaluated with area-under-curve AP averaged
+over IoU 0.50:0.95 (``map``) and at IoU 0.5 (``map50``) by ``gluoncv.utils.metrics.VOCMApMetric``
+(pycocotools is not needed; its 101-point interpolation gives slightly different numbers).
+``--synthetic`` trains on generated images with random boxes (throughput runs).
+
+One process::
+
+    python scripts/detection/train_detection.py --model ssd_512_resnet50_v1_voc --data-dir ~/VOCdevkit
+
+A KVStore group of 2 workers on this machine::
+
+    python -m gluon_elastic.launch -n 2 -s 1 -- \\
+        python scripts/detection/train_detection.py --backend dist_sync --data-dir ~/VOCdevkit
+
+Horovod, elastic::
+
+    horovodrun --gloo --min-np 8 --max-np 128 --host-discovery-script ./discover.sh \\
+        python scripts/detection/train_detection.py --backend horovod --data-dir ~/VOCdevkit
+
+Emulated 8 -> 128 -> 16 workers in one process::
+
+    python scripts/detection/train_detection.py --data-dir ~/VOCdevkit --epochs 240 \\
+        --emulate-schedule 0:8,80:128,160:16
+
+Loss normalisation follows GluonCV's multi-process recipes: SSD's multibox loss is normalised by
+each worker's own number of positive anchors, then averaged over the workers; YOLOv3's losses are
+per image and averaged over the global batch.
+"""
+import argparse
+import json
+import logging
+import os
+import re
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from gluon_elastic import flags, recipe
+
+logger = logging.getLogger("gluon_elastic.recipe")
+
+_DETECTOR_NAME = re.compile(r"^(ssd|yolo3)_.*_(voc|coco|custom)$")
+MEAN_RGB = (0.485, 0.456, 0.406)
+STD_RGB = (0.229, 0.224, 0.225)
+
+
+def model_names():
+    """SSD and YOLOv3 models of the GluonCV model zoo that this recipe trains."""
+    from gluoncv import model_zoo
+
+    return [name for name in model_zoo.get_model_list() if _DETECTOR_NAME.match(name)]
+
+
+def default_data_shape(model):
+    """Input side of ``model``: 300 or 512 for SSD (from its name), 416 for YOLOv3."""
+    match = re.match(r"^ssd_(\d+)_", model)
+    return int(match.group(1)) if match else 416
+
+
+# --------------------------------------------------------------------------------- arguments
+def build_parser():
+    """The recipe's argument parser (elastic flags from :func:`gluon_elastic.flags.add_elastic_args`)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="voc", choices=("voc", "coco"))
+    parser.add_argument("--data-dir", default=None,
+                        help="VOCdevkit (voc) or COCO root (coco); default ~/.mxnet/datasets/...")
+    parser.add_argument("--train-splits", default=None,
+                        help="voc: 2007_trainval,2012_trainval (default); coco: train2017")
+    parser.add_argument("--val-splits", default=None, help="voc: 2007_test; coco: val2017")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="generated images with random boxes instead of --data-dir")
+    parser.add_argument("--synthetic-samples", type=int, default=1024)
+    parser.add_argument("--model", default="ssd_512_resnet50_v1_voc",
+                        help="an SSD or YOLOv3 model of the GluonCV model zoo")
+    parser.add_argument("--data-shape", type=int, default=None,
+                        help="input side in pixels (default: from the model name; 416 for YOLOv3)")
+    parser.add_argument("--epochs", type=int, default=240)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--wd", type=float, default=5e-4)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    parser.add_argument("--num-data-workers", type=int, default=4)
+    parser.add_argument("--log-interval", type=int, default=20, help="steps between progress lines")
+    recipe.add_schedule_args(parser, lr_mode="step", warmup_epochs=0.0, lr_decay_epoch="160,200")
+    flags.add_elastic_args(parser, local_batch_size=4, lr=0.001)
+    return parser
+
+
+def _split_dirs(args):
+    if args.dataset == "voc":
+        paths = []
+        for split in args.train_splits + args.val_splits:
+            year, name = split
+            paths.append(os.path.join(args.data_dir, "VOC%d" % year, "ImageSets", "Main",
+                                      name + ".txt"))
+        return paths
+    return [os.path.join(args.data_dir, "annotations", "instances_%s.json" % split)
+            for split in args.train_splits + args.val_splits]
+
+
+def parse_args(argv=None):
+    """Parse and validate everything that can be checked before the data is opened."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model not in model_names():
+        parser.error("--model %r is not an SSD or YOLOv3 model of the GluonCV model zoo; valid: %s"
+                     % (args.model, ", ".join(model_names())))
+    for name in ("epochs", "synthetic_samples"):
+        if getattr(args, name) <= 0:
+            parser.error("--%s must be > 0" % name.replace("_", "-"))
+    args.data_shape = args.data_shape or default_data_shape(args.model)
+    if args.data_shape < 32:
+        parser.error("--data-shape must be >= 32, got %d" % args.data_shape)
+    if args.data_dir is None:
+        args.data_dir = os.path.expanduser("~/.mxnet/datasets/" + args.dataset)
+    defaults = {"voc": ("2007_trainval,2012_trainval", "2007_test"),
+                "coco": ("train2017", "val2017")}[args.dataset]
+    train_splits = args.train_splits or defaults[0]
+    val_splits = args.val_splits or defaults[1]
+    if args.dataset == "voc":
+        try:
+            args.train_splits, args.val_splits = (
+                [(int(item.split("_", 1)[0]), item.split("_", 1)[1]) for item in text.split(",")]
+                for text in (train_splits, val_splits))
+        except (ValueError, IndexError):
+            parser.error("VOC splits are YEAR_NAME[,YEAR_NAME...], got %r and %r"
+                         % (train_splits, val_splits))
+    else:
+        args.train_splits, args.val_splits = train_splits.split(","), val_splits.split(",")
+    if not args.synthetic:
+        if not os.path.isdir(args.data_dir):
+            parser.error("--data-dir %s does not exist (or pass --synthetic)" % args.data_dir)
+        missing = [path for path in _split_dirs(args) if not os.path.isfile(path)]
+        if missing:
+            parser.error("--data-dir %s is not a %s layout: missing %s"
+                         % (args.data_dir, args.dataset.upper(), ", ".join(missing)))
+    args.parser = parser
+    return args
+
+
+# ------------------------------------------------------------------------------------- data
+class CocoJsonDetection(gluon.data.Dataset):
+    """COCO detection read from ``instances_<split>.json``: ``(HWC uint8 image, (N, 5) label)``.
+
+    Labels are ``xmin, ymin, xmax, ymax, class`` with classes in the order of the JSON's
+    categories; crowd and degenerate boxes are skipped, and so are images left without boxes when
+    ``skip_empty`` (training).
+    """
+
+    def __init__(self, root, splits, skip_empty=True):
+        self.items = []
+        self.classes = None
+        for split in splits:
+            with open(os.path.join(root, "annotations", "instances_%s.json" % split)) as fin:
+                content = json.load(fin)
+            categories = sorted(content["categories"], key=lambda c: c["id"])
+            classes = tuple(c["name"] for c in categories)
+            if self.classes is not None and classes != self.classes:
+                raise ValueError("COCO splits %s have different categories" % (splits,))
+            self.classes = classes
+            category_index = {c["id"]: index for index, c in enumerate(categories)}
+            boxes = {}
+            for ann in content["annotations"]:
+                x, y, width, height = ann["bbox"]
+                if ann.get("iscrowd", 0) or width < 1 or height < 1:
+                    continue
+                boxes.setdefault(ann["image_id"], []).append(
+                    [x, y, x + width - 1, y + height - 1, category_index[ann["category_id"]]])
+            for image in sorted(content["images"], key=lambda i: i["id"]):
+                label = boxes.get(image["id"], [])
+                if not label and skip_empty:
+                    continue
+                self.items.append((os.path.join(root, split, image["file_name"]),
+                                   np.array(label, dtype=np.float32).reshape(-1, 5)))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        path, label = self.items[index]
+        return mx.image.imread(path), label.copy()
+
+
+class SyntheticDetection(gluon.data.Dataset):
+    """Random images with 1-3 random boxes each, a pure function of the index."""
+
+    classes = tuple("class%d" % index for index in range(20))
+
+    def __init__(self, num_samples, size, seed=0):
+        self._num_samples, self._size, self._seed = num_samples, size, seed
+
+    def __len__(self):
+        return self._num_samples
+
+    def __getitem__(self, index):
+        rng = np.random.RandomState((self._seed * 1000003 + index) % (2 ** 32))
+        image = rng.randint(0, 256, size=(self._size, self._size, 3), dtype=np.uint8)
+        label = []
+        for _ in range(rng.randint(1, 4)):
+            x0, y0 = rng.randint(0, self._size // 2, size=2)
+            x1, y1 = x0 + rng.randint(8, self._size // 2, size=2)
+            label.append([x0, y0, x1, y1, rng.randint(len(self.classes))])
+        return mx.nd.array(image, dtype=np.uint8), np.array(label, dtype=np.float32)
+
+
+def load_data(args):
+    """``(train_set, val_set)`` of ``(image, label)`` items; ``train_set.classes`` names classes."""
+    from gluoncv.data import VOCDetection
+
+    if args.synthetic:
+        return (SyntheticDetection(args.synthetic_samples, args.data_shape, args.seed),
+                SyntheticDetection(max(1, args.synthetic_samples // 10), args.data_shape,
+                                   args.seed + 1))
+    if args.dataset == "voc":
+        return (VOCDetection(root=args.data_dir, splits=args.train_splits),
+                VOCDetection(root=args.data_dir, splits=args.val_splits))
+    return (CocoJsonDetection(args.data_dir, args.train_splits),
+            CocoJsonDetection(args.data_dir, args.val_splits, skip_empty=False))
+
+
+def is_yolo(args):
+    return args.model.startswith("yolo3")
+
+
+def make_train_loader(args, train_set, net):
+    """``make_loader(batch_indices, epoch)`` with GluonCV's SSD or YOLOv3 training transform."""
+    from gluoncv.data.batchify import Pad, Stack, Tuple
+    from gluoncv.data.transforms import presets
+
+    size = args.data_shape
+    if is_yolo(args):
+        transform = presets.yolo.YOLO3DefaultTrainTransform(size, size, net, mean=MEAN_RGB,
+                                                            std=STD_RGB)
+        batchify = Tuple(*([Stack() for _ in range(6)] + [Pad(axis=0, pad_val=-1)]))
+    else:
+        with autograd.train_mode():
+            _, _, anchors = net(mx.nd.zeros((1, 3, size, size)))
+        transform = presets.ssd.SSDDefaultTrainTransform(size, size, anchors.as_in_context(mx.cpu()),
+                                                         mean=MEAN_RGB, std=STD_RGB)
+        batchify = Tuple(Stack(), Stack(), Stack())
+    dataset = train_set.transform(transform)
+
+    def make_loader(batch_indices, epoch):
+        return gluon.data.DataLoader(dataset, batch_sampler=batch_indices, batchify_fn=batchify,
+                                     num_workers=args.num_data_workers)
+    return make_loader
+
+
+# ------------------------------------------------------------------------------------ model
+def build_model(args, classes, ctx):
+    """The detector for ``classes``, initialised with its shapes resolved (not yet hybridized:
+    the training transforms run it imperatively to find anchors and feature maps)."""
+    from gluoncv import model_zoo
+
+    net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False)
+    if tuple(net.classes) != tuple(classes):
+        net.reset_class(list(classes))
+    net.initialize(ctx=ctx)
+    # Inference mode resolves the shapes of both detectors (YOLOv3's training mode needs targets).
+    net(mx.nd.zeros((1, 3, args.data_shape, args.data_shape), ctx=ctx))
+    return net
+
+
+def make_loss_fn(args, ctx):
+    """``loss_fn(net, shard)``: per-image detection loss of one worker's batch."""
+    from gluoncv import loss as gcv_loss
+
+    if is_yolo(args):
+        def yolo_loss(net, shard):
+            data = shard[0].as_in_context(ctx)
+            targets = [array.as_in_context(ctx) for array in shard[1:6]]
+            gt_boxes = shard[6].as_in_context(ctx)
+            obj, center, scale, cls = net(data, gt_boxes, *targets)
+            return obj + center + scale + cls
+        return yolo_loss
+
+    multibox = gcv_loss.SSDMultiBoxLoss()
+
+    def ssd_loss(net, shard):
+        data, cls_targets, box_targets = (array.as_in_context(ctx) for array in shard)
+        cls_preds, box_preds, _ = net(data)
+        # Normalised by this worker's positive anchors (GluonCV), times the worker's batch so that
+        # the trainer's division by the global batch averages over workers.
+        sum_loss, _, _ = multibox([cls_preds], [box_preds], [cls_targets], [box_targets])
+        return sum_loss[0] * data.shape[0]
+    return ssd_loss
+
+
+# ------------------------------------------------------------------------------- evaluation
+def make_evaluate_fn(args, val_set, ctx, batch_size=None):
+    """``evaluate(net, indices)`` -> per-batch numpy predictions and ground truth of those images."""
+    from gluoncv.data.batchify import Pad, Stack, Tuple
+    from gluoncv.data.transforms import presets
+
+    size = args.data_shape
+    transform = (presets.yolo.YOLO3DefaultValTransform(size, size, mean=MEAN_RGB, std=STD_RGB)
+                 if is_yolo(args) else
+                 presets.ssd.SSDDefaultValTransform(size, size, mean=MEAN_RGB, std=STD_RGB))
+    dataset = val_set.transform(transform)
+    batchify = Tuple(Stack(), Pad(pad_val=-1))
+    batch_size = batch_size or args.local_batch_size
+
+    def evaluate(net, indices):
+        net.set_nms(nms_thresh=0.45, nms_topk=400)
+        chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
+        loader = gluon.data.DataLoader(dataset, batch_sampler=chunks, batchify_fn=batchify,
+                                       num_workers=args.num_data_workers)
+        records = []
+        for data, label in loader:
+            ids, scores, bboxes = net(data.as_in_context(ctx))
+            label = label.asnumpy()
+            difficult = label[:, :, 5:6] if label.shape[-1] > 5 else None
+            records.append((bboxes.asnumpy(), ids.asnumpy(), scores.asnumpy(), label[:, :, :4],
+                            label[:, :, 4:5], difficult))
+        return records
+    return evaluate
+
+
+def make_reduce_fn(args, classes):
+    """mAP from every rank's records: VOC07 at IoU 0.5 (voc), mean over IoU 0.50:0.95 (coco)."""
+    from gluoncv.utils.metrics.voc_detection import VOC07MApMetric, VOCMApMetric
+
+    def reduce(statistics):
+        records = [record for rank_records in statistics for record in rank_records]
+        if args.dataset == "voc" and not args.synthetic:
+            metrics = [VOC07MApMetric(iou_thresh=0.5, class_names=classes)]
+        else:
+            metrics = [VOCMApMetric(iou_thresh=t, class_names=classes)
+                       for t in np.arange(0.5, 0.951, 0.05)]
+        for metric in metrics:
+            for bboxes, ids, scores, gt_bboxes, gt_ids, gt_difficult in records:
+                metric.update(bboxes, ids, scores, gt_bboxes, gt_ids, gt_difficult)
+        values = [float(np.nan_to_num(metric.get()[1][-1])) for metric in metrics]
+        if len(values) == 1:
+            return {"mAP": values[0]}
+        return {"map": float(np.mean(values)), "map50": values[0]}
+    return reduce
+
+
+# ------------------------------------------------------------------------------------ train
+def train(args):
+    """Build everything from parsed ``args`` and train; returns the :class:`ElasticLoop`."""
+    train_set, val_set = load_data(args)
+    backend, ctx = recipe.prepare(args.parser, args, len(train_set))
+    classes = tuple(train_set.classes)
+    net = build_model(args, classes, ctx)
+    make_loader = make_train_loader(args, train_set, net)
+    net.hybridize()
+    optimizer_params = {"learning_rate": args.lr, "momentum": args.momentum, "wd": args.wd}
+    return recipe.fit(args, backend, ctx, net, "sgd", optimizer_params,
+                      recipe.build_schedule(args.parser, args, len(train_set)), len(train_set),
+                      make_loader, make_loss_fn(args, ctx),
+                      make_evaluate_fn(args, val_set, ctx), make_reduce_fn(args, classes),
+                      len(val_set), args.model)
+
+
+def main(argv=None):
+    """Command-line entry point."""
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
