@@ -257,11 +257,15 @@ class ElasticTrainer(gluon.Trainer):
             self._init_kvstore()
         if self._params_to_init:
             self._init_params()
-        if self._kvstore is None:
+        # Under an elastic driver a worker may be constructed while the others are running:
+        # gluon_elastic.state.ElasticState.sync() does the broadcast, no collective runs here.
+        collectives = not getattr(self._backend, "elastic_driver", False)
+        if self._kvstore is None and collectives:
             self._backend.broadcast_parameters(self._params)
         self._create_optimizer_states()
         mx.nd.waitall()
-        self._backend.barrier()
+        if collectives:
+            self._backend.barrier()
 
     def _init_params(self):
         if not self._distributed:

@@ -4,6 +4,8 @@ Gradients are all-reduced with ``op=Sum`` and the trainer divides by the global 
 read again at every step: unlike ``horovod.mxnet.DistributedTrainer``, no ``1/size`` is baked in at
 construction, so the normalisation stays right after the world changes in place.
 """
+import os
+
 from .base import Backend
 
 __all__ = ["HorovodBackend"]
@@ -13,6 +15,13 @@ class HorovodBackend(Backend):
     """Workers of a Horovod job; in-place elastic under ``horovodrun --min-np/--max-np``.
 
     Calls ``hvd.init()`` unless Horovod is already initialised.
+
+    Attributes
+    ----------
+    elastic_driver : bool
+        True under ``horovodrun --host-discovery-script`` (``HOROVOD_ELASTIC=1``): a worker may
+        join a running job, whose members are then inside ``ElasticState.sync()``, so the
+        trainer's constructor must run no collective; the state's sync brings it up to date.
     """
 
     name = "horovod"
@@ -24,6 +33,7 @@ class HorovodBackend(Backend):
         import horovod.mxnet as hvd
 
         self._hvd = hvd
+        self.elastic_driver = os.environ.get("HOROVOD_ELASTIC") == "1"
         if not hvd.is_initialized():
             hvd.init()
 

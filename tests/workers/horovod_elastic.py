@@ -1,0 +1,224 @@
+"""Elastic Horovod worker for the distributed tests: a small model, schedules, JSON-line records.
+
+Started by ``horovodrun --host-discovery-script`` from tests/dist/test_horovod_elastic.py.
+
+- Discovery follows ``--schedule`` (see scripts/discovery.py) keyed by the trainer's iteration,
+  which rank 0 writes to ``--progress-file`` before every step. With ``--wait-for-schedule``, a
+  step whose scheduled world differs from the current one waits (polling
+  ``state.check_host_updates()`` on every rank) until the driver announces the change, so each
+  change lands at exactly the scheduled iteration.
+- ``--exits 'ITER:RANK:kill;ITER:RANK:raise'``: the worker holding RANK at iteration ITER SIGKILLs
+  itself or raises, once (a marker file remembers it).
+- Rank 0 appends to ``rank0.jsonl``: ``start`` records after every (re)start of the training
+  function (generation, world, iteration, progress, every rank's parameter and momentum digests),
+  ``step`` records (world, global batch, applied LR, progress), ``commit`` and ``end`` records.
+  Every rank appends the sample indices it trained to ``indices.<pid>.jsonl``.
+"""
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+import discovery  # noqa: E402  pylint: disable=wrong-import-position
+
+from gluon_elastic import ElasticTrainer, Schedule, backends  # noqa: E402
+from gluon_elastic.data import ElasticSampler  # noqa: E402
+from gluon_elastic.run import run  # noqa: E402
+from gluon_elastic.state import ElasticState  # noqa: E402
+
+NUM_SAMPLES = 60
+NUM_FEATURES = 6
+LOCAL_BATCH_SIZE = 4
+BASE_LR = 0.05
+FINAL_LR = 0.005
+MOMENTUM = 0.9
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--progress-file", required=True)
+    parser.add_argument("--schedule", required=True)
+    parser.add_argument("--wait-for-schedule", action="store_true")
+    parser.add_argument("--exits", default="")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--commit-interval", type=int, default=3)
+    return parser.parse_args(argv)
+
+
+def schedule_for(epochs):
+    """Base LR schedule of the worker (the test recomputes the LR from it)."""
+    return Schedule("poly", base_lr=BASE_LR, total_samples=epochs * NUM_SAMPLES, power=1.0,
+                    final_lr=FINAL_LR)
+
+
+def data():
+    rng = np.random.RandomState(7)
+    features = rng.normal(size=(NUM_SAMPLES, NUM_FEATURES)).astype(np.float32)
+    targets = (features @ rng.normal(size=(NUM_FEATURES, 1))).astype(np.float32)
+    return features, targets
+
+
+def build_net():
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(8, activation="tanh"), gluon.nn.BatchNorm(), gluon.nn.Dense(1))
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((2, NUM_FEATURES)))
+    return net
+
+
+def digest(arrays):
+    sha = hashlib.sha1()
+    for array in arrays:
+        sha.update(array.asnumpy().tobytes())
+    return sha.hexdigest()
+
+
+def parse_exits(text):
+    exits = {}
+    for item in filter(None, text.split(";")):
+        iteration, rank, action = item.split(":")
+        if action not in ("kill", "raise"):
+            raise ValueError("exit action must be kill or raise, got %r" % action)
+        exits[(int(iteration), int(rank))] = action
+    return exits
+
+
+class Recorder:
+    """Appends JSON lines; rank 0's file is shared by whoever holds rank 0."""
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.indices_path = os.path.join(log_dir, "indices.%d.jsonl" % os.getpid())
+
+    def rank0(self, record):
+        record["time"] = time.time()
+        with open(os.path.join(self.log_dir, "rank0.jsonl"), "a") as fout:
+            fout.write(json.dumps(record) + "\n")
+
+    def indices(self, record):
+        with open(self.indices_path, "a") as fout:
+            fout.write(json.dumps(record) + "\n")
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    schedule = discovery.parse_schedule(args.schedule)
+    exits = parse_exits(args.exits)
+    recorder = Recorder(args.log_dir)
+    features, targets = data()
+    mx.random.seed(1)
+    net = build_net()
+    backend = backends.create("horovod")
+    trainer = ElasticTrainer(net.collect_params(), "sgd",
+                             {"learning_rate": BASE_LR, "momentum": MOMENTUM, "wd": 1e-4},
+                             kvstore=backend, local_batch_size=LOCAL_BATCH_SIZE,
+                             base_batch_size=2 * LOCAL_BATCH_SIZE,
+                             schedule=schedule_for(args.epochs))
+    sampler = ElasticSampler(NUM_SAMPLES, seed=3)
+    state = ElasticState(net, trainer, sampler, epoch=0, waited_at=-1)
+    loss_fn = gluon.loss.L2Loss()
+
+    def snapshot(event):
+        # All parameters after a sync; only the trained ones at the end (BatchNorm running
+        # statistics follow each rank's own batches between resets).
+        params = [p for p in state.params if event == "start" or p.grad_req != "null"]
+        gathered = backend.allgather_object(
+            (digest([p.data() for p in params]), digest(trainer.momentum_arrays())))
+        if trainer.rank == 0:
+            recorder.rank0({"event": event, "generation": state.generation,
+                            "world_size": trainer.world_size, "iteration": trainer.iteration,
+                            "progress": trainer.progress, "epoch": state.epoch,
+                            "processed": sampler.processed,
+                            "param_digests": [g[0] for g in gathered],
+                            "momentum_digests": [g[1] for g in gathered]})
+
+    def wait_for_world(iteration):
+        # Only at a boundary of the schedule, and only while the world is not the scheduled one.
+        # A host blacklisted after a failure keeps its slots out of the world, so the wait ends
+        # at the first change rather than at the scheduled size.
+        wanted = discovery.world_size_at(schedule, iteration)
+        if iteration == 0 or wanted == discovery.world_size_at(schedule, iteration - 1) \
+                or wanted == trainer.world_size or state.waited_at == iteration:
+            return
+        # A user value, so that the ranks of the next world (rank 0's after the sync) agree.
+        state.waited_at = iteration
+        world_size = trainer.world_size
+        deadline = time.time() + 120
+        while trainer.world_size == world_size:
+            if time.time() > deadline:
+                raise RuntimeError("world %d never became %d at iteration %d"
+                                   % (trainer.world_size, wanted, iteration))
+            time.sleep(0.1)
+            state.check_host_updates()
+
+    def log_commit():
+        if trainer.rank == 0:
+            recorder.rank0({"event": "commit", "generation": state.generation,
+                            "iteration": trainer.iteration, "progress": trainer.progress,
+                            "epoch": state.epoch})
+
+    @run
+    def train(state):
+        snapshot("start")
+        while state.epoch < args.epochs:
+            sampler.set_epoch(state.epoch)
+            local_sizes = trainer.batch_policy.local_batch_sizes(trainer.world_size)
+            for indices, global_batch_size in sampler.iter_batches(local_sizes, trainer.rank):
+                iteration = trainer.iteration
+                if trainer.rank == 0:
+                    discovery.write_progress(args.progress_file, iteration)
+                if args.wait_for_schedule:
+                    wait_for_world(iteration)
+                action = exits.get((iteration, trainer.rank))
+                marker = os.path.join(args.log_dir, "exit.%d.%d" % (iteration, trainer.rank))
+                if action and not os.path.exists(marker):
+                    open(marker, "w").close()
+                    if action == "kill":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    raise RuntimeError("scheduled failure of rank %d at iteration %d"
+                                       % (trainer.rank, iteration))
+                with autograd.record():
+                    loss = loss_fn(net(mx.nd.array(features[indices])),
+                                   mx.nd.array(targets[indices]))
+                loss.backward()
+                trainer.step(global_batch_size=global_batch_size)
+                mx.nd.waitall()
+                sampler.record(global_batch_size)
+                recorder.indices({"generation": state.generation, "iteration": iteration,
+                                  "epoch": state.epoch, "rank": trainer.rank,
+                                  "indices": [int(i) for i in indices]})
+                if trainer.rank == 0:
+                    recorder.rank0({"event": "step", "generation": state.generation,
+                                    "iteration": iteration, "world_size": trainer.world_size,
+                                    "global_batch_size": global_batch_size,
+                                    "lr": trainer.optimizer.learning_rate,
+                                    "progress": trainer.progress, "epoch": state.epoch})
+                if trainer.iteration % args.commit_interval == 0:
+                    # Logged first: commit() saves locally before its collective can fail.
+                    log_commit()
+                    state.commit()
+                else:
+                    state.check_host_updates()
+            state.epoch += 1
+            log_commit()
+            state.commit()
+        snapshot("end")
+        return trainer.progress
+
+    progress = train(state)  # Horovod is shut down when it returns
+    logging.info("done at progress %d", progress)
+
+
+if __name__ == "__main__":
+    main()
