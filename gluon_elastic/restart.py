@@ -1,0 +1,277 @@
+"""Worker side of restart elasticity: resume from the last checkpoint, save, stop when asked.
+
+Contract
+--------
+A KVStore ``dist_sync`` group cannot change size, so :mod:`gluon_elastic.supervisor` resizes it by
+stopping it and relaunching it from saved state. Inside each worker a :class:`RestartAgent`:
+
+* :meth:`RestartAgent.restore` loads the newest checkpoint that verifies (every rank reads the same
+  file, so the directory must be shared between hosts) and checks that all ranks got the same step;
+* :meth:`RestartAgent.after_step` is called at every step boundary. Every ``commit_interval``
+  steps rank 0 saves the state (written in a background thread); every ``check_interval`` steps all
+  ranks agree, through one 1-element ``pushpull`` on the KVStore, whether any of them was asked to
+  stop. Agreement first, then action: every rank of a ps-lite group must stop at the *same* step,
+  or the others block forever in their next push/pull. When the answer is yes, rank 0 saves (unless
+  it just did), every rank prints a ``stopped`` marker, and ``after_step`` returns True so the loop
+  ends and the process exits 0;
+* it prints a ``progress`` marker at most once per ``heartbeat_interval`` seconds, which the
+  supervisor reads to detect a hung group.
+
+The supervisor talks to the agent over the worker's standard streams, which ``ssh`` forwards to
+remote hosts as well: a ``save`` line on stdin asks for a stop; end of stdin (the supervisor or
+its ``ssh`` went away) asks for a stop too, and if the process is still alive ``orphan_grace``
+seconds later (blocked in a collective whose peers died) it exits with code 70, so no worker
+outlives its supervisor. Outside a supervisor (``GLUON_ELASTIC_SUPERVISED`` unset) stdin is not
+read, and the agent only saves, resumes and prints nothing.
+
+Saved work is exactly-once: a checkpoint holds the sampler position of the step it was taken at,
+and a group that dies rolls back to it, redoing only the steps after it.
+
+Every ``GLUON_ELASTIC_*`` variable the supervisor sets is read in this module.
+"""
+import logging
+import os
+import select
+import sys
+import threading
+import time
+
+from .checkpoint import CheckpointManager
+
+__all__ = ["RestartAgent", "PROGRESS_MARKER", "STOPPED_MARKER", "SAVE_REQUEST", "ENV"]
+
+logger = logging.getLogger("gluon_elastic")
+
+# Lines exchanged with the supervisor (stdout markers and the stdin request).
+PROGRESS_MARKER = "@gluon_elastic:progress"
+STOPPED_MARKER = "@gluon_elastic:stopped"
+SAVE_REQUEST = b"save"
+ORPHAN_EXIT_CODE = 70
+
+# The environment the supervisor sets for every worker.
+ENV = {
+    "supervised": "GLUON_ELASTIC_SUPERVISED",        # "1" under the supervisor
+    "generation": "GLUON_ELASTIC_GENERATION",        # 0 for the first launch, +1 per relaunch
+    "checkpoint_dir": "GLUON_ELASTIC_CHECKPOINT_DIR",
+    "launch_time": "GLUON_ELASTIC_LAUNCH_TIME",      # time.time() when the process was spawned
+    "launch_index": "GLUON_ELASTIC_LAUNCH_INDEX",
+}
+# Far above the trainer's parameter keys and the backend's broadcast keys (1 << 30 upwards).
+_STOP_FLAG_KEY = (1 << 29) + 1
+
+
+def supervised():
+    """Whether this process runs under :mod:`gluon_elastic.supervisor`."""
+    return os.environ.get(ENV["supervised"]) == "1"
+
+
+def generation():
+    """Launch generation of this process (0 outside a supervisor)."""
+    return int(os.environ.get(ENV["generation"], "0"))
+
+
+def launch_time():
+    """``time.time()`` at which the supervisor spawned this process, or None."""
+    value = os.environ.get(ENV["launch_time"])
+    return float(value) if value else None
+
+
+def default_checkpoint_dir():
+    """The checkpoint directory the supervisor was given, or None."""
+    return os.environ.get(ENV["checkpoint_dir"]) or None
+
+
+class RestartAgent:
+    """Resume, save and stop a worker of a restartable group.
+
+    Parameters
+    ----------
+    backend : gluon_elastic.backends.Backend
+        The trainer's backend (``trainer.backend``); a distributed KVStore carries the stop vote.
+    state : object
+        Anything with ``state_dict()`` and ``load_state_dict(d)`` (``gluon_elastic.state.ElasticState``).
+    checkpoint_dir : str, optional
+        Where checkpoints live; default the supervisor's (``GLUON_ELASTIC_CHECKPOINT_DIR``). None
+        disables saving and resuming (the agent then only answers stop requests).
+    commit_interval : int or None
+        Steps between saves (on the iteration count); None saves only when asked to stop.
+    check_interval : int
+        Steps between stop votes; every rank must use the same value.
+    keep : int
+        Checkpoints kept.
+    heartbeat_interval : float
+        Seconds between progress markers.
+    orphan_grace : float
+        Seconds a worker may stay alive after its supervisor is gone.
+    """
+
+    def __init__(self, backend, state, checkpoint_dir=None, commit_interval=20, check_interval=1,
+                 keep=3, heartbeat_interval=1.0, orphan_grace=30.0):
+        for name, value in (("check_interval", check_interval),) + (
+                (("commit_interval", commit_interval),) if commit_interval is not None else ()):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError("%s must be a positive integer, got %r" % (name, value))
+        self.backend = backend
+        self.state = state
+        checkpoint_dir = checkpoint_dir or default_checkpoint_dir()
+        self.checkpoints = (CheckpointManager(checkpoint_dir, keep=keep)
+                            if checkpoint_dir else None)
+        self.commit_interval = commit_interval
+        self.check_interval = check_interval
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.orphan_grace = float(orphan_grace)
+        self.generation = generation()
+        self.last_saved_step = None
+        self.stopped = False
+        self._requested = threading.Event()
+        self._last_heartbeat = None
+        self._flag = None
+        kvstore = getattr(backend, "kvstore", None)
+        self._kvstore = kvstore if kvstore is not None and not isinstance(kvstore, str) \
+            and "dist" in getattr(kvstore, "type", "") else None
+        if self._kvstore is not None:
+            import mxnet as mx  # only workers of a KVStore group get here
+            self._flag = mx.nd.zeros((1,))
+            # init is collective on a dist store (rank 0 pushes, then a barrier).
+            self._kvstore.init(_STOP_FLAG_KEY, mx.nd.zeros((1,)))
+        if supervised():
+            threading.Thread(target=self._read_requests, name="gluon_elastic-requests").start()
+        self.heartbeat(None, force=True)
+
+    # ----------------------------------------------------------------------------- requests
+    def request_stop(self):
+        """Ask for a stop at the next agreed step boundary (what a ``save`` line on stdin does)."""
+        self._requested.set()
+
+    @property
+    def stop_requested(self):
+        """Whether this worker has been asked to stop (its own view, before the vote)."""
+        return self._requested.is_set()
+
+    def _read_requests(self):
+        # Not a daemon thread parked in a read: MXNet aborts the process at interpreter shutdown
+        # ("terminate called without an active exception") when one is. This thread polls stdin
+        # and ends on its own once the main thread has finished, so shutdown can join it.
+        main = threading.main_thread()
+        pending = b""
+        while main.is_alive():
+            try:
+                ready, _, _ = select.select([0], [], [], 0.2)
+                chunk = os.read(0, 4096) if ready else None
+            except (OSError, ValueError):
+                chunk = b""
+            if chunk is None:
+                continue
+            if not chunk:
+                self._supervisor_gone(main)
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if any(line.strip() == SAVE_REQUEST for line in lines):
+                self._requested.set()
+
+    def _supervisor_gone(self, main):
+        # End of stdin: the supervisor (or the ssh carrying it) is gone. Save and stop at the next
+        # boundary; a process blocked in a collective whose peers died never gets there.
+        self._requested.set()
+        deadline = time.monotonic() + self.orphan_grace
+        while main.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if main.is_alive() and not self.stopped:
+            sys.stderr.write("gluon_elastic: supervisor gone and no step boundary reached within "
+                             "%.0f s; exiting\n" % self.orphan_grace)
+            sys.stderr.flush()
+            os._exit(ORPHAN_EXIT_CODE)  # pylint: disable=protected-access
+
+    # ------------------------------------------------------------------------- save / restore
+    def restore(self):
+        """Load the newest usable checkpoint into the state.
+
+        Returns
+        -------
+        gluon_elastic.checkpoint.Loaded or None
+            What was loaded (``step``, ``path``, ``skipped``), or None when starting fresh.
+        """
+        loaded = self.checkpoints.load_latest() if self.checkpoints is not None else None
+        step = None if loaded is None else loaded.step
+        if self.backend.world_size > 1:
+            # Ranks read the directory independently; a rank that sees another file (a directory
+            # that is not shared, a file damaged in transit) would train from another state.
+            steps = self.backend.allgather_object(step, name="restore_step")
+            if len(set(steps)) != 1:
+                raise RuntimeError("ranks restored different checkpoints (steps %r by rank) from "
+                                   "%s: the checkpoint directory must be shared by all hosts"
+                                   % (steps, self.checkpoints.directory if self.checkpoints
+                                      else None))
+        if loaded is not None:
+            self.state.load_state_dict(loaded.state)
+            self.last_saved_step = loaded.step
+            logger.info("restored step %d from %s (generation %d)", loaded.step, loaded.path,
+                        self.generation)
+        return loaded
+
+    def save(self, step, blocking=True):
+        """Rank 0 writes the state as the checkpoint of ``step``; other ranks do nothing.
+
+        Returns the file name on rank 0, else None.
+        """
+        if self.checkpoints is None or step == self.last_saved_step:
+            return None
+        self.last_saved_step = step
+        if self.backend.rank != 0:
+            return None
+        return self.checkpoints.save(self.state.state_dict(), step, blocking=blocking)
+
+    def commit_callback(self, state):
+        """For ``ElasticState.register_commit_callbacks``: save at each commit (background write).
+
+        The step is the trainer's iteration when the state carries a trainer, else a count of
+        commits.
+        """
+        trainer = getattr(state, "trainer", None)
+        step = trainer.iteration if trainer is not None else (self.last_saved_step or 0) + 1
+        self.save(step, blocking=False)
+
+    # ---------------------------------------------------------------------------- the loop
+    def heartbeat(self, step, force=False):
+        """Print a progress marker if ``heartbeat_interval`` has passed (only when supervised)."""
+        if not supervised():
+            return
+        now = time.monotonic()
+        if force or self._last_heartbeat is None or \
+                now - self._last_heartbeat >= self.heartbeat_interval:
+            self._last_heartbeat = now
+            sys.stdout.write("%s %s\n" % (PROGRESS_MARKER, "start" if step is None else step))
+            sys.stdout.flush()
+
+    def agree_stop(self):
+        """Collective: True on every rank when any rank was asked to stop."""
+        if self._kvstore is None:
+            return self._requested.is_set()
+        self._flag[:] = 1.0 if self._requested.is_set() else 0.0
+        self._kvstore.pushpull(_STOP_FLAG_KEY, self._flag, out=self._flag)
+        return float(self._flag.asscalar()) > 0.0
+
+    def after_step(self, step):
+        """Call after every optimizer step with the trainer's iteration; True means stop now.
+
+        Every rank must call it after every step (the stop vote is a collective).
+        """
+        self.heartbeat(step)
+        if self.commit_interval is not None and step % self.commit_interval == 0:
+            self.save(step, blocking=False)
+        if step % self.check_interval != 0 or not self.agree_stop():
+            return False
+        self.save(step, blocking=True)
+        self.finish()
+        self.stopped = True
+        if supervised():
+            sys.stdout.write("%s %d\n" % (STOPPED_MARKER, step))
+            sys.stdout.flush()
+        logger.info("stopped at step %d for a restart (generation %d)", step, self.generation)
+        return True
+
+    def finish(self):
+        """Wait for a background save to reach the disk (call before the process exits)."""
+        if self.checkpoints is not None:
+            self.checkpoints.wait()
