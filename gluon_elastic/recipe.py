@@ -126,9 +126,13 @@ def choose_context(backend, device="auto"):
 
 
 def setup_logging(rank):
-    """Progress goes to stdout on rank 0 only; other ranks log warnings and errors."""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    """Progress of the ``gluon_elastic`` loggers on rank 0 only; other ranks log warnings and errors.
+
+    The root handler is only installed when the program has none (a host program's, or a test
+    runner's, stays in place).
+    """
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("gluon_elastic").setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
 def format_metrics(metrics):
@@ -226,6 +230,7 @@ class RecipeCheckpoint:
                  "sampler": sampler.state_dict(), "world_size": trainer.world_size,
                  "global_batch_size": trainer.global_batch_size,
                  "iteration": trainer.iteration, "progress": trainer.progress,
+                 "lr": trainer.optimizer.lr,
                  "metrics": dict(metrics or {})}
         tmp_path = self.index_path + ".tmp"
         with open(tmp_path, "w") as fout:

@@ -258,9 +258,11 @@ def build_model(args, classes, ctx):
     from gluoncv import model_zoo
 
     net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False)
-    if tuple(net.classes) != tuple(classes):
-        net.reset_class(list(classes))
     net.initialize(ctx=ctx)
+    if tuple(net.classes) != tuple(classes):
+        # reset_class rebuilds the class predictors on the contexts of the initialised old ones.
+        net.reset_class(list(classes))
+        net.collect_params().initialize(ctx=ctx)
     # Inference mode resolves the shapes of both detectors (YOLOv3's training mode needs targets).
     net(mx.nd.zeros((1, 3, args.data_shape, args.data_shape), ctx=ctx))
     return net

@@ -1,0 +1,265 @@
+"""Elastic semantic segmentation with GluonCV's FCN and DeepLabV3 on Pascal VOC or ADE20K.
+
+Data, ``--dataset voc``: ``--data-dir`` holds ``VOC2012`` (``JPEGImages``, ``SegmentationClass``
+PNG masks with 255 = void, ``ImageSets/Segmentation/{trainval,val}.txt``); ``--dataset ade20k``:
+``--data-dir`` holds ``ADEChallengeData2016/{images,annotations}/{training,validation}``.
+``--synthetic`` trains on generated images and masks (throughput runs). Metrics: pixel accuracy and
+mean IoU (``gluoncv.utils.metrics.SegmentationMetric``) on the center-cropped validation images.
+
+One process::
+
+    python scripts/segmentation/train_segmentation.py --model fcn_resnet50_voc --data-dir ~/VOCdevkit
+
+A KVStore group of 2 workers on this machine::
+
+    python -m gluon_elastic.launch -n 2 -s 1 -- \\
+        python scripts/segmentation/train_segmentation.py --backend dist_sync --data-dir ~/VOCdevkit
+
+Horovod, elastic::
+
+    horovodrun --gloo --min-np 8 --max-np 128 --host-discovery-script ./discover.sh \\
+        python scripts/segmentation/train_segmentation.py --backend horovod --data-dir ~/VOCdevkit
+
+Emulated 8 -> 128 -> 16 workers in one process::
+
+    python scripts/segmentation/train_segmentation.py --data-dir ~/VOCdevkit --epochs 50 \\
+        --emulate-schedule 0:8,16:128,33:16
+"""
+import argparse
+import logging
+import os
+import re
+
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from gluon_elastic import flags, recipe
+
+logger = logging.getLogger("gluon_elastic.recipe")
+
+_SEGMENTATION_NAME = re.compile(r"^(fcn|deeplab)_resnet\d+_(voc|ade)$")
+MEAN_RGB = (0.485, 0.456, 0.406)
+STD_RGB = (0.229, 0.224, 0.225)
+DATASET_OF_SUFFIX = {"voc": "voc", "ade": "ade20k"}
+
+
+def model_names():
+    """FCN and DeepLabV3 (ResNet backbones) of the GluonCV model zoo that this recipe trains."""
+    from gluoncv import model_zoo
+
+    return [name for name in model_zoo.get_model_list() if _SEGMENTATION_NAME.match(name)]
+
+
+# --------------------------------------------------------------------------------- arguments
+def build_parser():
+    """The recipe's argument parser (elastic flags from :func:`gluon_elastic.flags.add_elastic_args`)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default=None, choices=("voc", "ade20k"),
+                        help="default: the one the model name ends with")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding VOC2012 (voc) or ADEChallengeData2016 (ade20k)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="generated images and masks instead of --data-dir")
+    parser.add_argument("--synthetic-samples", type=int, default=512)
+    parser.add_argument("--model", default="fcn_resnet50_voc",
+                        help="an FCN or DeepLabV3 model of the GluonCV model zoo")
+    parser.add_argument("--base-size", type=int, default=520, help="base of random rescaling")
+    parser.add_argument("--crop-size", type=int, default=480, help="training and validation crop")
+    parser.add_argument("--no-aux", dest="aux", action="store_false",
+                        help="no auxiliary FCN head on stage 3")
+    parser.add_argument("--aux-weight", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--wd", type=float, default=1e-4)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    parser.add_argument("--num-data-workers", type=int, default=4)
+    parser.add_argument("--log-interval", type=int, default=20, help="steps between progress lines")
+    recipe.add_schedule_args(parser, lr_mode="poly", warmup_epochs=0.0)
+    flags.add_elastic_args(parser, local_batch_size=4, lr=0.001)
+    return parser
+
+
+def _layout_files(args):
+    if args.dataset == "voc":
+        root = os.path.join(args.data_dir, "VOC2012")
+        return [os.path.join(root, "ImageSets", "Segmentation", name)
+                for name in ("trainval.txt", "val.txt")] + \
+               [os.path.join(root, name) for name in ("JPEGImages", "SegmentationClass")]
+    root = os.path.join(args.data_dir, "ADEChallengeData2016")
+    return [os.path.join(root, kind, split) for kind in ("images", "annotations")
+            for split in ("training", "validation")]
+
+
+def parse_args(argv=None):
+    """Parse and validate everything that can be checked before the data is opened."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model not in model_names():
+        parser.error("--model %r is not an FCN or DeepLabV3 model of the GluonCV model zoo; "
+                     "valid: %s" % (args.model, ", ".join(model_names())))
+    model_dataset = DATASET_OF_SUFFIX[args.model.rsplit("_", 1)[1]]
+    args.dataset = args.dataset or model_dataset
+    if args.dataset != model_dataset:
+        parser.error("--model %s predicts the %s classes; it cannot train on --dataset %s"
+                     % (args.model, model_dataset, args.dataset))
+    for name in ("epochs", "synthetic_samples", "base_size", "crop_size"):
+        if getattr(args, name) <= 0:
+            parser.error("--%s must be > 0" % name.replace("_", "-"))
+    if args.crop_size % 8:
+        parser.error("--crop-size must be a multiple of 8 (the backbone's output stride), got %d"
+                     % args.crop_size)
+    if args.data_dir is None:
+        args.data_dir = os.path.expanduser("~/.mxnet/datasets/" +
+                                           ("voc" if args.dataset == "voc" else "ade"))
+    if not args.synthetic:
+        if not os.path.isdir(args.data_dir):
+            parser.error("--data-dir %s does not exist (or pass --synthetic)" % args.data_dir)
+        missing = [path for path in _layout_files(args) if not os.path.exists(path)]
+        if missing:
+            parser.error("--data-dir %s is not a %s layout: missing %s"
+                         % (args.data_dir, args.dataset, ", ".join(missing)))
+    args.parser = parser
+    return args
+
+
+# ------------------------------------------------------------------------------------- data
+def _image_transform():
+    return gluon.data.vision.transforms.Compose([
+        gluon.data.vision.transforms.ToTensor(),
+        gluon.data.vision.transforms.Normalize(MEAN_RGB, STD_RGB)])
+
+
+class SyntheticSegmentation(gluon.data.Dataset):
+    """Random images and masks of ``crop_size`` (already cropped), a pure function of the index."""
+
+    def __init__(self, num_samples, size, num_class, seed=0):
+        self._num_samples, self._size, self.num_class, self._seed = num_samples, size, num_class, seed
+        self._transform = _image_transform()
+
+    def __len__(self):
+        return self._num_samples
+
+    def __getitem__(self, index):
+        rng = np.random.RandomState((self._seed * 1000003 + index) % (2 ** 32))
+        image = mx.nd.array(rng.randint(0, 256, size=(self._size, self._size, 3)), dtype=np.uint8)
+        mask = rng.randint(0, self.num_class, size=(self._size, self._size)).astype(np.int32)
+        return self._transform(image), mx.nd.array(mask, dtype=np.int32)
+
+
+def num_classes(args):
+    from gluoncv.data import ADE20KSegmentation, VOCSegmentation
+
+    return (VOCSegmentation if args.dataset == "voc" else ADE20KSegmentation).NUM_CLASS
+
+
+def load_data(args):
+    """``(train_set, val_set)`` of ``(CHW float image, HW int32 mask)``, -1 = ignored pixel."""
+    from gluoncv.data import ADE20KSegmentation, VOCSegmentation
+
+    if args.synthetic:
+        return (SyntheticSegmentation(args.synthetic_samples, args.crop_size, num_classes(args),
+                                      args.seed),
+                SyntheticSegmentation(max(1, args.synthetic_samples // 10), args.crop_size,
+                                      num_classes(args), args.seed + 1))
+    dataset = VOCSegmentation if args.dataset == "voc" else ADE20KSegmentation
+    kwargs = {"root": args.data_dir, "transform": _image_transform(), "base_size": args.base_size,
+              "crop_size": args.crop_size}
+    return (dataset(split="train", mode="train", **kwargs),
+            dataset(split="val", mode="val", **kwargs))
+
+
+def make_train_loader(args, train_set):
+    """``make_loader(batch_indices, epoch)`` for :class:`gluon_elastic.recipe.ElasticLoop`."""
+    def make_loader(batch_indices, epoch):
+        return gluon.data.DataLoader(train_set, batch_sampler=batch_indices,
+                                     num_workers=args.num_data_workers)
+    return make_loader
+
+
+# ------------------------------------------------------------------------------------ model
+def build_model(args, ctx):
+    """The FCN or DeepLabV3, initialised with its shapes resolved, hybridized."""
+    from gluoncv import model_zoo
+
+    net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False, aux=args.aux,
+                              base_size=args.base_size, crop_size=args.crop_size)
+    net.initialize(ctx=ctx)
+    net.hybridize()
+    net.evaluate(mx.nd.zeros((1, 3, args.crop_size, args.crop_size), ctx=ctx))
+    return net
+
+
+def make_loss_fn(args, ctx):
+    """``loss_fn(net, (image, mask))``: per-image softmax cross-entropy (with the aux head)."""
+    from gluoncv.loss import MixSoftmaxCrossEntropyLoss
+
+    loss = MixSoftmaxCrossEntropyLoss(aux=args.aux, aux_weight=args.aux_weight)
+
+    def loss_fn(net, shard):
+        data, mask = (array.as_in_context(ctx) for array in shard)
+        outputs = net(data)
+        return loss(*outputs, mask)
+    return loss_fn
+
+
+# ------------------------------------------------------------------------------- evaluation
+def make_evaluate_fn(args, val_set, ctx, batch_size=None):
+    """``evaluate(net, indices)`` -> ``(correct, labeled, intersection, union)`` pixel counts."""
+    from gluoncv.utils.metrics import SegmentationMetric
+
+    batch_size = batch_size or args.local_batch_size
+    nclass = num_classes(args)
+
+    def evaluate(net, indices):
+        metric = SegmentationMetric(nclass)
+        chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
+        loader = gluon.data.DataLoader(val_set, batch_sampler=chunks,
+                                       num_workers=args.num_data_workers)
+        for data, mask in loader:
+            output = net.evaluate(data.as_in_context(ctx))
+            metric.update(mask, output)
+        return (int(metric.total_correct), int(metric.total_label),
+                np.asarray(metric.total_inter, dtype=np.int64).reshape(-1),
+                np.asarray(metric.total_union, dtype=np.int64).reshape(-1))
+    return evaluate
+
+
+def make_reduce_fn(args):
+    """Pixel accuracy and mIoU from every rank's pixel counts (as SegmentationMetric computes them)."""
+    from gluoncv.utils.metrics import SegmentationMetric
+
+    nclass = num_classes(args)
+
+    def reduce(statistics):
+        metric = SegmentationMetric(nclass)
+        metric.total_correct = sum(s[0] for s in statistics)
+        metric.total_label = sum(s[1] for s in statistics)
+        metric.total_inter = sum((s[2] for s in statistics), np.zeros(nclass, dtype=np.int64))
+        metric.total_union = sum((s[3] for s in statistics), np.zeros(nclass, dtype=np.int64))
+        pixel_accuracy, mean_iou = metric.get()
+        return {"pixAcc": float(pixel_accuracy), "mIoU": float(mean_iou)}
+    return reduce
+
+
+# ------------------------------------------------------------------------------------ train
+def train(args):
+    """Build everything from parsed ``args`` and train; returns the :class:`ElasticLoop`."""
+    train_set, val_set = load_data(args)
+    backend, ctx = recipe.prepare(args.parser, args, len(train_set))
+    net = build_model(args, ctx)
+    optimizer_params = {"learning_rate": args.lr, "momentum": args.momentum, "wd": args.wd}
+    return recipe.fit(args, backend, ctx, net, "sgd", optimizer_params,
+                      recipe.build_schedule(args.parser, args, len(train_set)), len(train_set),
+                      make_train_loader(args, train_set), make_loss_fn(args, ctx),
+                      make_evaluate_fn(args, val_set, ctx), make_reduce_fn(args),
+                      len(val_set), args.model)
+
+
+def main(argv=None):
+    """Command-line entry point."""
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

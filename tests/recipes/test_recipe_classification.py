@@ -1,0 +1,143 @@
+"""The ImageNet classification recipe on a tiny RecordIO set: bad input, local training with
+checkpoints, and the emulated 1 -> 2 worker schedule against the same schedule on real workers
+(1 process, then a 2-worker KVStore group resuming from its checkpoint)."""
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import recipe_data
+
+pytest.importorskip("gluoncv")
+import mxnet as mx  # noqa: E402
+
+cls = recipe_data.load_recipe("scripts/classification/train_imagenet.py")
+
+TINY = ["--model", "resnet18_v1b", "--classes", "4", "--input-size", "32", "--crop-ratio", "0.8",
+        "--num-data-workers", "0", "--log-interval", "1", "--warmup-epochs", "0.5",
+        "--lr", "0.05", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def rec_dir(tmp_path_factory):
+    return recipe_data.make_imagenet_rec(str(tmp_path_factory.mktemp("imagenet")), num_train=16,
+                                         num_val=8, classes=4, size=40)
+
+
+def _exit_code(argv, capsys, train=False):
+    with pytest.raises(SystemExit) as info:
+        args = cls.parse_args(argv)
+        if train:
+            cls.train(args)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(rec_dir, tmp_path, capsys):
+    ckpt = str(tmp_path / "ckpt")
+    base = TINY + ["--checkpoint-dir", ckpt]
+    code, err = _exit_code(base + ["--data-dir", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "nowhere does not exist" in err
+    code, err = _exit_code(base + ["--data-dir", str(tmp_path)], capsys)
+    assert code == 2 and "lacks train.rec, train.idx, val.rec, val.idx" in err
+    code, err = _exit_code(base + ["--data-dir", rec_dir, "--model", "resnet7_v9"], capsys)
+    assert code == 2 and "'resnet7_v9'" in err and "resnet50_v1b" in err and "resnet18_v1b" in err
+    code, err = _exit_code(base + ["--data-dir", rec_dir, "--emulate-schedule", "0:4,0:8"], capsys)
+    assert code == 2 and "must start at 0 and increase" in err
+    # 16 images cannot fill a global batch of 4 x 8 = 32.
+    code, err = _exit_code(base + ["--data-dir", rec_dir, "--emulate-schedule", "0:2,1:8",
+                                   "--local-batch-size", "4", "--epochs", "2"], capsys, train=True)
+    assert code == 2 and "global batch 32 (world 8) is larger than the 16 training samples" in err
+    code, err = _exit_code(base + ["--data-dir", rec_dir, "--emulate-schedule", "0:2,5:4",
+                                   "--epochs", "2"], capsys, train=True)
+    assert code == 2 and "changes the world at epoch 5" in err
+    code, err = _exit_code(base + ["--data-dir", rec_dir, "--emulate-schedule", "0:2",
+                                   "--backend", "dist_sync"], capsys, train=True)
+    assert code == 2 and "--backend local or device" in err
+    code, err = _exit_code(base + ["--data-dir", rec_dir, "--dtype", "float16", "--device", "cpu",
+                                   "--local-batch-size", "2"],
+                           capsys, train=True)
+    assert code == 2 and "float16 needs a GPU" in err
+    assert not os.path.exists(ckpt)
+
+
+def test_local_training_logs_evaluates_checkpoints_and_resumes(rec_dir, tmp_path, caplog):
+    ckpt = str(tmp_path / "ckpt")
+    argv = TINY + ["--data-dir", rec_dir, "--local-batch-size", "4", "--epochs", "1",
+                   "--checkpoint-dir", ckpt, "--label-smoothing", "0.1"]
+    loop = cls.train(cls.parse_args(argv))
+    # 16 images, global batch 4: 4 steps; top-1/top-5 over the 8 validation images.
+    assert loop.trainer.iteration == 4 and loop.trainer.progress == 16
+    (epoch, metrics), = loop.history
+    assert epoch == 0 and set(metrics) == {"top1", "top5"}
+    assert metrics["top1"] in {k / 8 for k in range(9)} and metrics["top5"] == 1.0  # 4 classes
+    index = json.load(open(os.path.join(ckpt, "resnet18_v1b-latest.json")))
+    assert index["sampler"] == {"epoch": 1, "processed": 0, "seed": 3, "num_samples": 16,
+                                "shuffle": True}
+    assert (index["iteration"], index["world_size"], index["global_batch_size"]) == (4, 1, 4)
+    saved = mx.nd.load(os.path.join(ckpt, index["params"]))
+    current = {name: p.data().asnumpy() for name, p in loop.net._collect_params_with_prefix().items()}
+    assert set(saved) == set(current)
+    for name, value in saved.items():
+        np.testing.assert_array_equal(value.asnumpy(), current[name])
+    # The same command with --epochs 2 resumes after epoch 0: 4 more steps, progress goes on.
+    caplog.clear()
+    loop2 = cls.train(cls.parse_args(argv[:-6] + ["--epochs", "2", "--checkpoint-dir", ckpt,
+                                                  "--label-smoothing", "0.1"]))
+    assert loop2.trainer.iteration == 8 and loop2.trainer.progress == 32
+    assert [e for e, _ in loop2.history] == [1]
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(240)
+def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
+    """Schedule 0:1,1:2 (per-worker batch 2, 16 images): emulated in one process, and for real as
+    one process for epoch 0 followed by a 2-worker KVStore group resuming from its checkpoint.
+    Weights, BatchNorm statistics of rank 0, LR trajectory and progress agree."""
+    from gluon_elastic.launch import Group
+
+    common = TINY + ["--data-dir", rec_dir, "--local-batch-size", "2"]
+    emulated_dir, real_dir = str(tmp_path / "emulated"), str(tmp_path / "real")
+    emulated = cls.train(cls.parse_args(common + ["--epochs", "2", "--emulate-schedule", "0:1,1:2",
+                                                  "--checkpoint-dir", emulated_dir]))
+    assert emulated.trainer.world_size == 2
+    # 8 steps of 2 at world 1, then 4 steps of 4 at world 2.
+    assert (emulated.trainer.iteration, emulated.trainer.progress) == (12, 32)
+    cls.train(cls.parse_args(common + ["--epochs", "1", "--checkpoint-dir", real_dir]))
+    output = io.StringIO()
+    command = [sys.executable, os.path.join(recipe_data.ROOT, "scripts", "classification",
+                                            "train_imagenet.py")]
+    command += common + ["--epochs", "2", "--checkpoint-dir", real_dir, "--backend", "dist_sync"]
+    group = Group(command, num_workers=2, num_servers=1, output=output,
+                  env={"OMP_NUM_THREADS": "1", "PYTHONPATH": recipe_data.ROOT})
+    group.start()
+    code = group.wait(timeout=200)
+    log = output.getvalue()
+    assert code == 0, log[-3000:]
+    assert "world change at iteration 8: world 1 -> 2, global batch 2 -> 4" in log
+    records = recipe_data.parse_log(log)
+    batches = [r for r in records if r["kind"] == "batch" and r["epoch"] == 1]
+    assert [(r["world"], r["global_batch"]) for r in batches] == [(2, 4)] * 4
+    index_e = json.load(open(os.path.join(emulated_dir, "resnet18_v1b-latest.json")))
+    index_r = json.load(open(os.path.join(real_dir, "resnet18_v1b-latest.json")))
+    for key in ("epoch", "iteration", "progress", "world_size", "global_batch_size", "sampler"):
+        assert index_e[key] == index_r[key], key
+    # Iteration 12 lies inside the 16-iteration ramp that started at iteration 8 (k = 2): the
+    # restarted group continued the ramp from the saved transition, as the emulation did.
+    assert index_r["lr"] == pytest.approx(index_e["lr"], rel=1e-12)
+    schedule = emulated.trainer.schedule
+    # The last step (iteration 11) started at progress 16 + 3 * 4 = 28.
+    assert index_e["lr"] == pytest.approx(schedule(28) * (1 + 3 / 16), rel=1e-12)
+    params_e = mx.nd.load(os.path.join(emulated_dir, index_e["params"]))
+    params_r = mx.nd.load(os.path.join(real_dir, index_r["params"]))
+    assert set(params_e) == set(params_r)
+    initial = {k: v.asnumpy() for k, v in mx.nd.load(
+        os.path.join(real_dir, "resnet18_v1b-0000.params")).items()}
+    moved = 0
+    for name in params_e:
+        a, b = params_e[name].asnumpy(), params_r[name].asnumpy()
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+        moved += not np.allclose(a, initial[name])
+    assert moved > len(params_e) // 2   # epoch 1 really trained
