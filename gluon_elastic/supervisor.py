@@ -468,7 +468,7 @@ class Supervisor:
                 stalled = group.stalled_worker(self.progress_timeout, self.start_timeout)
                 if stalled is not None:
                     name, seconds = stalled
-                    return Outcome("failed", "no progress from %s for %.1f s (bound %.0f s)"
+                    return Outcome("failed", "no progress from %s for %.2f s (bound %.0f s)"
                                    % (name, seconds, self.progress_timeout), 124)
                 if self._interrupted is not None:
                     self.note("signal %d: asking the workers to save and stop"

@@ -26,27 +26,8 @@ from mxnet import autograd, gluon
 
 from gluon_elastic import ElasticTrainer, backends
 from gluon_elastic.data import ElasticSampler
-from gluon_elastic.restart import RestartAgent, generation
-
-
-class TinyState:
-    """The saved-state contract of ``gluon_elastic.state.ElasticState`` for one net and trainer."""
-
-    def __init__(self, net, trainer, sampler):
-        self.net, self.trainer, self.sampler = net, trainer, sampler
-
-    def state_dict(self):
-        return {"format": "gluon_elastic.ElasticState", "version": 1,
-                "params": {name: param.data().asnumpy()
-                           for name, param in self.net.collect_params().items()},
-                "trainer": self.trainer.states_bytes(), "sampler": self.sampler.state_dict(),
-                "user": {}}
-
-    def load_state_dict(self, state):
-        for name, param in self.net.collect_params().items():
-            param.set_data(mx.nd.array(state["params"][name], dtype=param.dtype))
-        self.trainer.load_states_bytes(state["trainer"])
-        self.sampler.load_state_dict(state["sampler"])
+from gluon_elastic.restart import RestartAgent, generation, launch_time
+from gluon_elastic.state import ElasticState
 
 
 def param_digest(params):
@@ -101,13 +82,13 @@ def main(argv=None):
                              {"learning_rate": args.lr, "momentum": args.momentum, "wd": 1e-4},
                              kvstore=backend, local_batch_size=args.local_batch_size)
     sampler = ElasticSampler(args.num_samples, seed=1)
-    state = TinyState(net, trainer, sampler)
+    state = ElasticState(net, trainer, sampler)
     agent = RestartAgent(backend, state, commit_interval=args.commit_interval, keep=args.keep)
     rank = trainer.rank
     log = open(os.path.join(args.log_dir, "g%d-r%d.jsonl" % (gen, rank)), "a")
 
     def emit(record):
-        record.update({"gen": gen, "rank": rank, "pid": os.getpid()})
+        record.update({"gen": gen, "rank": rank, "pid": os.getpid(), "t": time.time()})
         log.write(json.dumps(record) + "\n")
         log.flush()
 
@@ -116,6 +97,7 @@ def main(argv=None):
                                         for name, p in net.collect_params().items()}),
                 "momentum": momentum_digest([a.asnumpy() for a in trainer.momentum_arrays()])}
 
+    emit(dict(event="started", launch_time=launch_time(), world=trainer.world_size))
     loaded = agent.restore()
     if loaded is not None:
         emit(dict(event="restored", step=loaded.step, path=loaded.path, skipped=loaded.skipped,
