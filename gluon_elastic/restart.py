@@ -124,6 +124,7 @@ class RestartAgent:
         self.last_saved_step = None
         self.stopped = False
         self._requested = threading.Event()
+        self._closed = threading.Event()
         self._last_heartbeat = None
         self._flag = None
         kvstore = getattr(backend, "kvstore", None)
@@ -154,7 +155,7 @@ class RestartAgent:
         # and ends on its own once the main thread has finished, so shutdown can join it.
         main = threading.main_thread()
         pending = b""
-        while main.is_alive():
+        while main.is_alive() and not self._closed.is_set():
             try:
                 ready, _, _ = select.select([0], [], [], 0.2)
                 chunk = os.read(0, 4096) if ready else None
@@ -175,9 +176,9 @@ class RestartAgent:
         # boundary; a process blocked in a collective whose peers died never gets there.
         self._requested.set()
         deadline = time.monotonic() + self.orphan_grace
-        while main.is_alive() and time.monotonic() < deadline:
+        while main.is_alive() and not self._closed.is_set() and time.monotonic() < deadline:
             time.sleep(0.2)
-        if main.is_alive() and not self.stopped:
+        if main.is_alive() and not self._closed.is_set() and not self.stopped:
             sys.stderr.write("gluon_elastic: supervisor gone and no step boundary reached within "
                              "%.0f s; exiting\n" % self.orphan_grace)
             sys.stderr.flush()
@@ -275,3 +276,8 @@ class RestartAgent:
         """Wait for a background save to reach the disk (call before the process exits)."""
         if self.checkpoints is not None:
             self.checkpoints.wait()
+
+    def close(self):
+        """Finish saving and stop listening to the supervisor (the process goes on)."""
+        self.finish()
+        self._closed.set()

@@ -98,6 +98,7 @@ def main(argv=None):
                 "momentum": momentum_digest([a.asnumpy() for a in trainer.momentum_arrays()])}
 
     emit(dict(event="started", launch_time=launch_time(), world=trainer.world_size))
+    print("rank %d of %d started (generation %d)" % (rank, trainer.world_size, gen), flush=True)
     loaded = agent.restore()
     if loaded is not None:
         emit(dict(event="restored", step=loaded.step, path=loaded.path, skipped=loaded.skipped,

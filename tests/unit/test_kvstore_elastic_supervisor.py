@@ -1,0 +1,136 @@
+"""Supervisor membership parsing and the restart agent's save/stop logic, without MXNet."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gluon_elastic.backends.local import LocalBackend
+from gluon_elastic.restart import ENV, STOPPED_MARKER, RestartAgent
+from gluon_elastic.supervisor import (Supervisor, is_local_host, parse_args, parse_hosts,
+                                      read_discovery, world_of)
+
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "mxnet" or name.startswith("mxnet."):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import gluon_elastic.supervisor, gluon_elastic.restart, gluon_elastic.checkpoint
+assert "mxnet" not in sys.modules
+print("ok")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_agent_and_checkpoint_import_without_mxnet():
+    result = subprocess.run([sys.executable, "-c", BLOCK], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_parse_hosts():
+    assert parse_hosts("localhost:2,127.0.0.1:1") == [("localhost", 2), ("127.0.0.1", 1)]
+    assert parse_hosts("a:1\n\n# comment\nb\na:2\nc:0\n") == [("a", 3), ("b", 1)]
+    with pytest.raises(ValueError, match="HOST:SLOTS.*'a:x'"):
+        parse_hosts("a:x")
+    assert world_of([("a", 2), ("b", 3)]) == ["a", "a", "b", "b", "b"]
+    assert world_of([("a", 2), ("b", 3)], max_workers=3) == ["a", "a", "b"]
+
+
+def test_read_discovery_script(tmp_path):
+    script = tmp_path / "hosts.sh"
+    script.write_text("#!/bin/sh\necho localhost:2\necho 127.0.0.1:1\n")
+    script.chmod(0o755)
+    assert read_discovery(str(script)) == [("localhost", 2), ("127.0.0.1", 1)]
+    failing = tmp_path / "fail.sh"
+    failing.write_text("#!/bin/sh\necho nope >&2\nexit 3\n")
+    failing.chmod(0o755)
+    with pytest.raises(RuntimeError, match="exited with code 3: nope"):
+        read_discovery(str(failing))
+
+
+def test_local_host_names():
+    assert is_local_host("localhost") and is_local_host("127.0.0.1") and is_local_host("127.0.1.1")
+    assert not is_local_host("no-such-host.invalid")
+
+
+def test_cli_validation():
+    args = parse_args(["-n", "2", "--", "python", "x.py"])
+    assert args.host_list == [("localhost", 2)] and args.command == ["python", "x.py"]
+    assert parse_args(["-H", "a:2,b:1", "--", "x"]).host_list == [("a", 2), ("b", 1)]
+    for bad in (["-n", "2"], ["-n", "0", "--", "x"], ["-H", "a:q", "--", "x"], ["--", "x"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+    with pytest.raises(ValueError, match="exactly one of hosts and discovery"):
+        Supervisor(["x"])
+    with pytest.raises(ValueError, match="max_restarts"):
+        Supervisor(["x"], hosts=[("localhost", 1)], max_restarts=-1)
+
+
+class _State:
+    def __init__(self):
+        self.value = 0
+        self.loaded = None
+
+    def state_dict(self):
+        return {"format": "gluon_elastic.ElasticState", "version": 1, "params": {},
+                "trainer": b"", "sampler": None, "user": {"value": self.value}}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+        self.value = state["user"]["value"]
+
+
+def test_agent_saves_on_interval_and_stops_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(ENV["supervised"], raising=False)
+    state = _State()
+    agent = RestartAgent(LocalBackend(None), state, checkpoint_dir=str(tmp_path),
+                         commit_interval=3, keep=2)
+    assert agent.restore() is None
+    for step in range(1, 8):
+        state.value = step
+        assert agent.after_step(step) is False
+    agent.finish()
+    assert agent.checkpoints.steps() == [3, 6]
+    agent.request_stop()
+    state.value = 8
+    assert agent.after_step(8) is True
+    assert agent.checkpoints.steps() == [6, 8]
+    assert STOPPED_MARKER not in capsys.readouterr().out  # markers only under a supervisor
+
+    restarted = _State()
+    loaded = RestartAgent(LocalBackend(None), restarted, checkpoint_dir=str(tmp_path)).restore()
+    assert (loaded.step, restarted.value) == (8, 8)
+
+
+def test_agent_markers_under_supervisor(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(ENV["supervised"], "1")
+    monkeypatch.setenv(ENV["checkpoint_dir"], str(tmp_path))
+    read, write = os.pipe()
+    saved_stdin = os.dup(0)
+    os.dup2(read, 0)
+    try:
+        agent = RestartAgent(LocalBackend(None), _State(), commit_interval=None,
+                             heartbeat_interval=0.0)
+        assert agent.checkpoints.directory == str(tmp_path)
+        os.write(write, b"save\n")
+        for _ in range(100):
+            if agent.stop_requested:
+                break
+            time.sleep(0.02)
+        assert agent.stop_requested
+        assert agent.after_step(5) is True
+        out = capsys.readouterr().out.splitlines()
+        assert out[0] == "@gluon_elastic:progress start"
+        assert out[-2:] == ["@gluon_elastic:progress 5", "%s 5" % STOPPED_MARKER]
+        assert agent.checkpoints.steps() == [5]
+    finally:
+        agent.close()
+        os.dup2(saved_stdin, 0)
+        os.close(write)
+        os.close(read)
+        os.close(saved_stdin)
