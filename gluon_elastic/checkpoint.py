@@ -26,6 +26,7 @@ import re
 import struct
 import tempfile
 import threading
+import time
 
 __all__ = ["CheckpointManager", "CheckpointError", "write_checkpoint", "read_checkpoint"]
 
@@ -163,6 +164,8 @@ class CheckpointManager:
         self._pattern = re.compile(r"%s-(\d{12})\.ckpt$" % re.escape(prefix))
         self._thread = None
         self._error = None
+        self.last_write_seconds = 0.0   # checksum, write, fsync, rename and prune of the last save
+        self.total_write_seconds = 0.0
         os.makedirs(self.directory, exist_ok=True)
 
     def path(self, step):
@@ -217,8 +220,16 @@ class CheckpointManager:
             self._error = err
 
     def _write(self, path, payload):
+        tic = time.monotonic()
         _write_payload(path, payload)
         self.prune()
+        self.last_write_seconds = time.monotonic() - tic
+        self.total_write_seconds += self.last_write_seconds
+
+    @property
+    def writing(self):
+        """Whether a background save is still under way."""
+        return self._thread is not None and self._thread.is_alive()
 
     def wait(self):
         """Wait for a background save to finish; re-raise its error if it failed."""

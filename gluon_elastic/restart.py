@@ -8,7 +8,12 @@ stopping it and relaunching it from saved state. Inside each worker a :class:`Re
 * :meth:`RestartAgent.restore` loads the newest checkpoint that verifies (every rank reads the same
   file, so the directory must be shared between hosts) and checks that all ranks got the same step;
 * :meth:`RestartAgent.after_step` is called at every step boundary. Every ``commit_interval``
-  steps rank 0 saves the state (written in a background thread); every ``check_interval`` steps all
+  steps rank 0 saves the state (serialised in the loop, written in a background thread), unless
+  that would spend more than ``max_save_overhead`` of the time on saving: a save is skipped while
+  the time since the previous one started is shorter than that save's cost divided by
+  ``max_save_overhead`` (default 1 %), or while it is still being written. A large model on fast
+  steps therefore saves less often than every ``commit_interval`` steps, and a failure costs more
+  redone steps; a stop request always saves. Every ``check_interval`` steps all
   ranks agree, through one 1-element ``pushpull`` on the KVStore, whether any of them was asked to
   stop. Agreement first, then action: every rank of a ps-lite group must stop at the *same* step,
   or the others block forever in their next push/pull. When the answer is yes, rank 0 saves (unless
@@ -99,6 +104,9 @@ class RestartAgent:
         Steps between stop votes; every rank must use the same value.
     keep : int
         Checkpoints kept.
+    max_save_overhead : float or None
+        Largest fraction of the time spent saving on the commit interval (see the module
+        docstring); None saves at every commit interval whatever it costs.
     heartbeat_interval : float
         Seconds between progress markers.
     orphan_grace : float
@@ -106,7 +114,7 @@ class RestartAgent:
     """
 
     def __init__(self, backend, state, checkpoint_dir=None, commit_interval=20, check_interval=1,
-                 keep=3, heartbeat_interval=1.0, orphan_grace=30.0):
+                 keep=3, max_save_overhead=0.01, heartbeat_interval=1.0, orphan_grace=30.0):
         for name, value in (("check_interval", check_interval),) + (
                 (("commit_interval", commit_interval),) if commit_interval is not None else ()):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -121,8 +129,17 @@ class RestartAgent:
         self.heartbeat_interval = float(heartbeat_interval)
         self.orphan_grace = float(orphan_grace)
         self.generation = generation()
+        if max_save_overhead is not None and not 0 < max_save_overhead <= 1:
+            raise ValueError("max_save_overhead must be in (0, 1] or None, got %r"
+                             % (max_save_overhead,))
+        self.max_save_overhead = max_save_overhead
         self.last_saved_step = None
         self.stopped = False
+        # Rank 0's accounting of what saving costs (seconds, in the loop and in the writer).
+        self.save_count = 0
+        self.save_foreground_seconds = 0.0
+        self._last_save_started = None
+        self._last_save_foreground = 0.0
         self._requested = threading.Event()
         self._closed = threading.Event()
         self._last_heartbeat = None
@@ -221,7 +238,27 @@ class RestartAgent:
         self.last_saved_step = step
         if self.backend.rank != 0:
             return None
-        return self.checkpoints.save(self.state.state_dict(), step, blocking=blocking)
+        tic = time.monotonic()
+        self._last_save_started = tic
+        path = self.checkpoints.save(self.state.state_dict(), step, blocking=blocking)
+        self._last_save_foreground = time.monotonic() - tic
+        self.save_count += 1
+        self.save_foreground_seconds += self._last_save_foreground
+        return path
+
+    @property
+    def save_write_seconds(self):
+        """Seconds rank 0's writer spent on checksums, writes and fsyncs (finished saves)."""
+        return self.checkpoints.total_write_seconds if self.checkpoints is not None else 0.0
+
+    def _save_due(self):
+        """Whether a commit-interval save fits in the overhead budget (rank 0's decision)."""
+        if self.max_save_overhead is None or self._last_save_started is None:
+            return True
+        if self.checkpoints.writing:
+            return False
+        cost = self._last_save_foreground + self.checkpoints.last_write_seconds
+        return time.monotonic() - self._last_save_started >= cost / self.max_save_overhead
 
     def commit_callback(self, state):
         """For ``ElasticState.register_commit_callbacks``: save at each commit (background write).
@@ -259,7 +296,8 @@ class RestartAgent:
         Every rank must call it after every step (the stop vote is a collective).
         """
         self.heartbeat(step)
-        if self.commit_interval is not None and step % self.commit_interval == 0:
+        if self.commit_interval is not None and step % self.commit_interval == 0 and \
+                self.checkpoints is not None and (self.backend.rank != 0 or self._save_due()):
             self.save(step, blocking=False)
         if step % self.check_interval != 0 or not self.agree_stop():
             return False

@@ -152,6 +152,7 @@ class SupervisedGroup(Group):
         self.progress_step = {}     # worker name -> last step it reported
         self.stopped_workers = set()
         self.stop_requested_at = None
+        self.stop_requested_wall = None
 
     def start(self):
         self.started_at = time.monotonic()
@@ -209,6 +210,7 @@ class SupervisedGroup(Group):
     def request_save(self):
         """Ask every worker to save and stop at the next agreed step boundary."""
         self.stop_requested_at = time.monotonic()
+        self.stop_requested_wall = time.time()
         for proc in self.workers().values():
             try:
                 proc.stdin.write(SAVE_REQUEST + b"\n")
@@ -406,6 +408,7 @@ class Supervisor:
                 record["stopped"] = time.time()
             record["outcome"] = outcome.kind
             record["reason"] = outcome.reason
+            record["save_requested"] = self.group.stop_requested_wall
             if outcome.kind == "done":
                 self.note("job finished after %d generation(s), %d restart(s) after failures"
                           % (self.generation + 1, self.restarts))

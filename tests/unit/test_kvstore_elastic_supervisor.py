@@ -89,7 +89,7 @@ def test_agent_saves_on_interval_and_stops_when_asked(tmp_path, monkeypatch, cap
     monkeypatch.delenv(ENV["supervised"], raising=False)
     state = _State()
     agent = RestartAgent(LocalBackend(None), state, checkpoint_dir=str(tmp_path),
-                         commit_interval=3, keep=2)
+                         commit_interval=3, keep=2, max_save_overhead=None)
     assert agent.restore() is None
     for step in range(1, 8):
         state.value = step
@@ -105,6 +105,35 @@ def test_agent_saves_on_interval_and_stops_when_asked(tmp_path, monkeypatch, cap
     restarted = _State()
     loaded = RestartAgent(LocalBackend(None), restarted, checkpoint_dir=str(tmp_path)).restore()
     assert (loaded.step, restarted.value) == (8, 8)
+
+
+class _SlowState(_State):
+    def state_dict(self):
+        time.sleep(0.05)
+        return super().state_dict()
+
+
+def test_agent_keeps_saving_within_the_overhead_budget(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV["supervised"], raising=False)
+    agent = RestartAgent(LocalBackend(None), _SlowState(), checkpoint_dir=str(tmp_path),
+                         commit_interval=3, max_save_overhead=0.25)
+    for step in range(1, 7):
+        agent.after_step(step)
+    # The save at 3 took >= 0.05 s, so the next may start 0.2 s later at the earliest: 6 is skipped.
+    agent.finish()
+    assert agent.checkpoints.steps() == [3]
+    time.sleep(0.3)
+    for step in range(7, 10):
+        agent.after_step(step)
+    agent.finish()
+    assert agent.checkpoints.steps() == [3, 9]
+    assert agent.save_count == 2 and agent.save_foreground_seconds >= 0.1
+    assert agent.save_write_seconds > 0
+    agent.request_stop()
+    assert agent.after_step(10) is True  # a stop request saves whatever the budget
+    assert agent.checkpoints.steps() == [3, 9, 10]
+    with pytest.raises(ValueError, match="max_save_overhead"):
+        RestartAgent(LocalBackend(None), _State(), max_save_overhead=0)
 
 
 def test_agent_markers_under_supervisor(tmp_path, monkeypatch, capsys):

@@ -83,7 +83,9 @@ def main(argv=None):
                              kvstore=backend, local_batch_size=args.local_batch_size)
     sampler = ElasticSampler(args.num_samples, seed=1)
     state = ElasticState(net, trainer, sampler)
-    agent = RestartAgent(backend, state, commit_interval=args.commit_interval, keep=args.keep)
+    # Saves at every commit interval (no overhead budget): the test knows where every file is.
+    agent = RestartAgent(backend, state, commit_interval=args.commit_interval, keep=args.keep,
+                         max_save_overhead=None)
     rank = trainer.rank
     log = open(os.path.join(args.log_dir, "g%d-r%d.jsonl" % (gen, rank)), "a")
 
@@ -124,10 +126,9 @@ def main(argv=None):
             trainer.step(global_batch_size=global_batch_size)
             sampler.record(global_batch_size)
             steps_here += 1
-            if rank == 0 and args.commit_interval and \
-                    trainer.iteration % args.commit_interval == 0:
-                emit(dict(event="saved", step=trainer.iteration, **digests()))
             stop = agent.after_step(trainer.iteration)
+            if rank == 0 and not stop and agent.last_saved_step == trainer.iteration:
+                emit(dict(event="saved", step=trainer.iteration, **digests()))
             if rank == 0:
                 with open(os.path.join(args.log_dir, "progress.tmp"), "w") as fout:
                     fout.write(str(trainer.iteration))
