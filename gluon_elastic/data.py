@@ -12,7 +12,7 @@ calls :meth:`ElasticSampler.record` after a step.
 """
 import numpy as np
 
-__all__ = ["ElasticSampler", "split_evenly"]
+__all__ = ["ElasticSampler", "split_evenly", "record_part", "ElasticRecordIter"]
 
 
 def split_evenly(count, parts):
@@ -149,3 +149,107 @@ def mnist_digits(test_size=1000, seed=0):
     images = (images[order] / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
     labels = labels[order].astype(np.float32)
     return images[test_size:], labels[test_size:], images[:test_size], labels[:test_size]
+
+
+def record_part(num_samples, world_size, rank):
+    """``(begin, end)`` records of part ``rank`` of ``world_size``, as an indexed RecordIO reader splits.
+
+    MXNet's indexed RecordIO splitter (``ImageRecordIter`` with ``path_imgidx``) gives each part a
+    contiguous run of ``ceil(num_samples / world_size)`` records, the last part the rest.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError("rank %r out of range for world_size %r" % (rank, world_size))
+    step = -(-num_samples // world_size)
+    begin = min(step * rank, num_samples)
+    return begin, min(begin + step, num_samples)
+
+
+class ElasticRecordIter:
+    """``mx.io.ImageRecordIter`` over this rank's part for the current world, resuming an epoch.
+
+    Re-create it after every (re)start with the current ``world_size``/``rank`` and the
+    sampler-style position of the epoch (``processed``: samples the whole group trained in this
+    epoch). It builds ``ImageRecordIter(num_parts=world_size, part_index=rank, ...)`` with the
+    index file (so parts are contiguous runs of records, see :func:`record_part`), shuffles with
+    ``seed + epoch`` when ``shuffle`` is on (the same order on every re-creation), skips the
+    ``min(part size, processed // world_size)`` records of its part that the epoch already
+    trained, and stops at the end of the part (no padding records, the last batch may be short).
+
+    Exactness: when the world size did not change within the epoch (a restart after a failure, or
+    resizes at epoch boundaries) and every rank trained the same number of samples per step,
+    the records skipped are exactly those already trained. After a resize in the middle of an
+    epoch only the *count* is kept (each new part skips the same share of itself), so some records
+    of that epoch repeat and as many are left out. For exactly-once coverage across mid-epoch
+    resizes use random access instead: ``mx.gluon.data.vision.ImageRecordDataset`` indexed by
+    :class:`ElasticSampler` batches. Skipping reads and decodes the skipped records (RecordIO has
+    no seek in ``ImageRecordIter``); it costs about as much as the data loading of those steps.
+
+    Parameters
+    ----------
+    path_imgrec, path_imgidx : str
+        The ``.rec`` file and its ``.idx`` index (required: it fixes the split).
+    world_size, rank : int
+        The current world.
+    local_batch_size : int
+        Records per batch on this rank.
+    epoch : int
+        Epoch number (seeds the shuffle).
+    processed : int
+        Samples of this epoch already trained by the whole group (``ElasticSampler.processed``).
+    shuffle : bool
+        Shuffle within the part.
+    seed : int
+        Base seed of the shuffle.
+    **iter_kwargs
+        Other ``mx.io.ImageRecordIter`` arguments (``data_shape`` is required by MXNet).
+
+    Yields
+    ------
+    (data, label) : mxnet.nd.NDArray
+        Batches of at most ``local_batch_size`` records.
+    """
+
+    def __init__(self, path_imgrec, path_imgidx, world_size, rank, local_batch_size, epoch=0,
+                 processed=0, shuffle=False, seed=0, **iter_kwargs):
+        if not path_imgidx:
+            raise ValueError("ElasticRecordIter needs path_imgidx: without an index MXNet splits "
+                             "the .rec file by bytes and the parts cannot be resumed")
+        if local_batch_size < 1:
+            raise ValueError("local_batch_size must be >= 1, got %r" % (local_batch_size,))
+        with open(path_imgidx) as fin:
+            self.num_samples = sum(1 for line in fin if line.strip())
+        if not 0 <= processed <= self.num_samples:
+            raise ValueError("processed=%r is outside the epoch of %d records (%s)"
+                             % (processed, self.num_samples, path_imgidx))
+        self.part = record_part(self.num_samples, world_size, rank)
+        part_size = self.part[1] - self.part[0]
+        self.skip = min(part_size, processed // world_size)
+        self.remaining = part_size - self.skip
+        self.local_batch_size = local_batch_size
+        self._kwargs = dict(iter_kwargs, path_imgrec=path_imgrec, path_imgidx=path_imgidx,
+                            num_parts=world_size, part_index=rank, batch_size=local_batch_size,
+                            shuffle=shuffle, seed=seed + epoch, round_batch=False)
+
+    def __iter__(self):
+        import mxnet as mx
+
+        if self.remaining == 0:
+            return
+        source = mx.io.ImageRecordIter(**self._kwargs)
+        to_skip, left = self.skip, self.remaining
+        for batch in source:
+            data, label = batch.data[0], batch.label[0]
+            start = min(to_skip, self.local_batch_size)
+            to_skip -= start
+            stop = min(self.local_batch_size, start + left)
+            if stop > start:
+                left -= stop - start
+                yield data[start:stop], label[start:stop]
+            if left == 0:
+                break
+
+    def __len__(self):
+        """Batches still to come (the first may be short when the skip is not whole batches)."""
+        first = min(self.remaining, self.local_batch_size - self.skip % self.local_batch_size)
+        rest = self.remaining - first
+        return (1 if first else 0) + -(-rest // self.local_batch_size)
