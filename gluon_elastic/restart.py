@@ -226,6 +226,8 @@ class RestartAgent:
             self.last_saved_step = loaded.step
             logger.info("restored step %d from %s (generation %d)", loaded.step, loaded.path,
                         self.generation)
+        # Loading a large state takes a while: the bound on progress starts again from here.
+        self.heartbeat(None, force=True)
         return loaded
 
     def save(self, step, blocking=True):
@@ -279,13 +281,15 @@ class RestartAgent:
         if force or self._last_heartbeat is None or \
                 now - self._last_heartbeat >= self.heartbeat_interval:
             self._last_heartbeat = now
-            sys.stdout.write("%s %s\n" % (PROGRESS_MARKER, "start" if step is None else step))
+            sys.stdout.write("%s %s\n" % (PROGRESS_MARKER, "-" if step is None else step))
             sys.stdout.flush()
 
     def agree_stop(self):
         """Collective: True on every rank when any rank was asked to stop."""
         if self._kvstore is None:
-            return self._requested.is_set()
+            if self.backend.world_size == 1:
+                return self._requested.is_set()
+            return any(self.backend.allgather_object(self._requested.is_set(), name="stop_vote"))
         self._flag[:] = 1.0 if self._requested.is_set() else 0.0
         self._kvstore.pushpull(_STOP_FLAG_KEY, self._flag, out=self._flag)
         return float(self._flag.asscalar()) > 0.0

@@ -422,7 +422,9 @@ class Supervisor:
                               "used up). Last saved state: %s. Fix the cause and rerun the same "
                               "command to resume from it."
                               % (outcome.reason, self.max_restarts, self._last_checkpoint()))
-                    return outcome.code or 1
+                    # A signal death (-9) becomes the shell's convention (137).
+                    return outcome.code if outcome.code > 0 else 128 - outcome.code \
+                        if outcome.code < 0 else 1
                 self.restarts += 1
                 self.note("%s; killed the group, restart %d of %d from the last saved state (%s)"
                           % (outcome.reason, self.restarts, self.max_restarts,
