@@ -263,11 +263,13 @@ class RestartAgent:
         return time.monotonic() - self._last_save_started >= cost / self.max_save_overhead
 
     def commit_callback(self, state):
-        """For ``ElasticState.register_commit_callbacks``: save at each commit (background write).
+        """For ``ElasticState.register_commit_callbacks``: save at a commit (background write).
 
-        The step is the trainer's iteration when the state carries a trainer, else a count of
-        commits.
+        Within the overhead budget, as for the commit interval. The step is the trainer's
+        iteration when the state carries a trainer, else a count of commits.
         """
+        if self.checkpoints is None or (self.backend.rank == 0 and not self._save_due()):
+            return
         trainer = getattr(state, "trainer", None)
         step = trainer.iteration if trainer is not None else (self.last_saved_step or 0) + 1
         self.save(step, blocking=False)
