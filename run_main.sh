@@ -11,8 +11,8 @@ bin=$(dirname "$py")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# 2 workers from the start, 3 after 1,500 samples, 1 after 4,500 (of 8,000 in two epochs).
-schedule="0:2;1500:3;4500:1"
+# 2 workers from the start, 3 after 1,000 samples, 1 after 6,000 (of 12,000 in three epochs).
+schedule="0:2;1000:3;6000:1"
 "$py" scripts/discovery.py write --schedule "$schedule" --progress-file "$work/progress" \
     --out "$work/discover.sh" >/dev/null
 echo "elastic MNIST: discovery schedule (samples:workers) $schedule"
@@ -20,7 +20,10 @@ echo "elastic MNIST: discovery schedule (samples:workers) $schedule"
 # --network-interface lo: on one host the elastic driver would otherwise wait for a second host
 # to find a common interface. One thread per worker keeps two cores responsive.
 export OMP_NUM_THREADS=1
+# Gloo gives up on a peer after this long; a joining worker must import MXNet and Horovod within
+# it, which takes seconds on a busy 2-core machine.
+export HOROVOD_GLOO_TIMEOUT_SECONDS=${HOROVOD_GLOO_TIMEOUT_SECONDS:-120}
 "$bin/horovodrun" --gloo -np 2 --min-np 1 --max-np 3 \
     --host-discovery-script "$work/discover.sh" --network-interface lo \
     "$py" scripts/train_mnist.py --backend horovod --progress-file "$work/progress" \
-    --epochs 2 --log-interval 10 "$@"
+    --epochs 3 --log-interval 10 "$@"

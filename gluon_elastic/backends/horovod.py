@@ -63,13 +63,13 @@ class HorovodBackend(Backend):
             self._hvd.allreduce_(grads[0], average=False, name="grad.%d" % index, priority=-index)
 
     def broadcast_parameters(self, params, root_rank=0):
-        arrays = [p.data() for p in params]
-        for param, array in zip(params, arrays):
-            self._hvd.broadcast_(array, root_rank=root_rank, name="param." + param.name)
         for param in params:
-            # Gluon keeps one copy per context; broadcast_ wrote into the first.
-            for other in param.list_data()[1:]:
-                param.data().copyto(other)
+            # Horovod cannot read an array that MKLDNN has re-laid out (conv weights after a
+            # forward pass: "We can't generate TBlob for MKLDNN data"); a copy has the default
+            # layout. set_data writes the result to every context's copy.
+            value = param.data().copy()
+            self._hvd.broadcast_(value, root_rank=root_rank, name="param." + param.name)
+            param.set_data(value)
 
     def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
         for index, array in enumerate(arrays):

@@ -103,7 +103,7 @@ def run_job(tmp_path, np_start, min_np, max_np, schedule, exits, wait):
     if wait:
         command.append("--wait-for-schedule")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               HOROVOD_GLOO_TIMEOUT_SECONDS="120")
+               HOROVOD_GLOO_TIMEOUT_SECONDS="60")
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
