@@ -138,14 +138,16 @@ def main(argv=None):
         # statistics follow each rank's own batches between resets).
         params = [p for p in state.params if event == "start" or p.grad_req != "null"]
         gathered = backend.allgather_object(
-            (digest([p.data() for p in params]), digest(trainer.momentum_arrays())))
+            (digest([p.data() for p in params]), digest(trainer.momentum_arrays()),
+             os.environ.get("HOROVOD_HOSTNAME")))
         if trainer.rank == 0:
             recorder.rank0({"event": event, "generation": state.generation,
                             "world_size": trainer.world_size, "iteration": trainer.iteration,
                             "progress": trainer.progress, "epoch": state.epoch,
                             "processed": sampler.processed,
                             "param_digests": [g[0] for g in gathered],
-                            "momentum_digests": [g[1] for g in gathered]})
+                            "momentum_digests": [g[1] for g in gathered],
+                            "hosts": [g[2] for g in gathered]})
 
     def wait_for_world(iteration):
         # Only at a boundary of the schedule, and only while the world is not the scheduled one.
