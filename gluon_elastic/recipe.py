@@ -46,7 +46,7 @@ import numpy as np
 from . import backends as _backends
 from . import flags as _flags
 
-__all__ = ["add_schedule_args", "build_schedule", "check_elastic_args", "create_backend", "choose_context", "setup_logging",
+__all__ = ["add_run_args", "add_schedule_args", "build_schedule", "check_elastic_args", "create_backend", "choose_context", "setup_logging",
            "format_metrics", "RecipeCheckpoint", "ElasticLoop", "NoElasticState", "elastic_runner",
            "run_loop", "prepare", "fit"]
 
@@ -138,6 +138,23 @@ def setup_logging(rank):
 def format_metrics(metrics):
     """``name=value`` pairs joined by tabs, in the order given."""
     return "\t".join("%s=%.6f" % (name, value) for name, value in metrics.items())
+
+
+# ------------------------------------------------------------------------------ run options
+def add_run_args(parser, log_interval=20, num_data_workers=4):
+    """Flags every recipe shares besides the elastic ones: device, data loading, progress output."""
+    group = parser.add_argument_group("run")
+    group.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
+                       help="auto: GPU local_rank when there is one, else CPU")
+    group.add_argument("--num-data-workers", type=int, default=num_data_workers,
+                       help="data loader processes per worker (default: %(default)s)")
+    group.add_argument("--log-interval", type=int, default=log_interval,
+                       help="steps between progress lines on rank 0 (default: %(default)s)")
+    group.add_argument("--progress-file", default=None,
+                       help="rank 0 rewrites this file with the number of samples trained after "
+                            "every step (what scripts/discovery.py reads to follow a schedule of "
+                            "hosts)")
+    return group
 
 
 # ------------------------------------------------------------------------------ LR schedule
@@ -256,6 +273,14 @@ class RecipeCheckpoint:
 
 
 # ------------------------------------------------------------------------------- elastic loop
+def _write_progress(path, progress):
+    # Atomic replace: a discovery script may read the file at any moment.
+    tmp_path = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp_path, "w") as fout:
+        fout.write("%d\n" % progress)
+    os.replace(tmp_path, path)
+
+
 class NoElasticState:
     """Stand-in for an elastic state when nothing can change in place: commit and check do nothing."""
 
@@ -373,10 +398,6 @@ class ElasticLoop:
             batch_samples += global_batch_size
             loss_sum += sum(float(loss.sum().asscalar()) for loss in losses)
             loss_count += sum(shard_sizes)
-            if self.trainer.iteration % self.args.commit_interval == 0:
-                state.commit()
-            if self.trainer.iteration % self.args.check_interval == 0:
-                state.check_host_updates()
             if is_root and self.args.log_interval and (number + 1) % self.args.log_interval == 0:
                 now = time.time()
                 logger.info("Epoch[%d] Batch [%d]\tSpeed: %.2f samples/sec\tworld=%d\t"
@@ -385,6 +406,12 @@ class ElasticLoop:
                             self.trainer.global_batch_size, self.trainer.optimizer.lr,
                             loss_sum / max(loss_count, 1))
                 batch_tic, batch_samples = now, 0
+            if is_root and self.args.progress_file:
+                _write_progress(self.args.progress_file, self.trainer.progress)
+            if self.trainer.iteration % self.args.commit_interval == 0:
+                state.commit()
+            if self.trainer.iteration % self.args.check_interval == 0:
+                state.check_host_updates()
         mx.nd.waitall()
         return loss_sum / max(loss_count, 1), samples, time.time() - tic
 
@@ -459,6 +486,8 @@ def prepare(parser, args, num_train_samples):
     import mxnet as mx
 
     check_elastic_args(parser, args, num_train_samples, args.epochs)
+    if args.num_data_workers < 0:
+        parser.error("--num-data-workers must be >= 0, got %d" % args.num_data_workers)
     backend = create_backend(args)
     setup_logging(backend.rank)
     try:

@@ -81,10 +81,7 @@ def build_parser():
                         help="initialise the last BatchNorm gamma of each block to 1, not 0")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16"),
                         help="float16: mixed precision (needs a GPU)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    parser.add_argument("--num-data-workers", type=int, default=4,
-                        help="data loader processes per worker")
-    parser.add_argument("--log-interval", type=int, default=50, help="steps between progress lines")
+    recipe.add_run_args(parser, log_interval=50)
     recipe.add_schedule_args(parser, lr_mode="cosine", warmup_epochs=5.0, lr_decay_epoch="30,60,80")
     flags.add_elastic_args(parser, local_batch_size=32, lr=0.1)
     return parser
@@ -100,8 +97,6 @@ def parse_args(argv=None):
     for name in ("epochs", "classes", "input_size", "synthetic_samples"):
         if getattr(args, name) <= 0:
             parser.error("--%s must be > 0, got %r" % (name.replace("_", "-"), getattr(args, name)))
-    if args.num_data_workers < 0:
-        parser.error("--num-data-workers must be >= 0")
     if not args.synthetic:
         missing = [name for name in ("train.rec", "train.idx", "val.rec", "val.idx")
                    if not os.path.isfile(os.path.join(args.data_dir, name))]

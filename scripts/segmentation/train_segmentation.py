@@ -72,9 +72,7 @@ def build_parser():
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--wd", type=float, default=1e-4)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    parser.add_argument("--num-data-workers", type=int, default=4)
-    parser.add_argument("--log-interval", type=int, default=20, help="steps between progress lines")
+    recipe.add_run_args(parser, log_interval=20)
     recipe.add_schedule_args(parser, lr_mode="poly", warmup_epochs=0.0)
     flags.add_elastic_args(parser, local_batch_size=4, lr=0.001)
     return parser

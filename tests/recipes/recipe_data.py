@@ -206,3 +206,64 @@ def parse_log(text):
             records.append({"kind": match.group(2), "epoch": int(match.group(1)),
                             **{k: float(v) for k, v in fields.items()}})
     return records
+
+
+def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_np, timeout=200):
+    """Run a recipe under elastic ``horovodrun`` with schedule-driven discovery on this machine.
+
+    ``schedule`` is a :mod:`scripts/discovery.py` schedule over the samples trained, which rank 0
+    writes to ``--progress-file``. Every process of the job is killed at the end, also on failure
+    or timeout (found as descendants and by ``work_dir`` on their command line).
+
+    Returns
+    -------
+    (int, str)
+        Exit code of horovodrun (None after a timeout) and its output.
+    """
+    import signal
+    import subprocess
+
+    import psutil
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import discovery
+
+    progress_file = os.path.join(work_dir, "progress")
+    script = discovery.write_script(os.path.join(work_dir, "discover.sh"), schedule, progress_file)
+    command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--gloo",
+               "-np", str(np_start), "--min-np", str(min_np), "--max-np", str(max_np),
+               "--host-discovery-script", script, "--network-interface", "lo",
+               sys.executable] + list(recipe_argv) + ["--backend", "horovod",
+                                                      "--progress-file", progress_file]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT,
+               HOROVOD_GLOO_TIMEOUT_SECONDS="120")
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    output, code = b"", None
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        victims = []
+        try:
+            victims.extend(psutil.Process(proc.pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+        for candidate in psutil.process_iter(["cmdline"]):
+            if progress_file in " ".join(candidate.info["cmdline"] or ()):
+                victims.append(candidate)
+        for victim in victims:
+            try:
+                victim.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if code is None:
+            output = proc.communicate()[0]
+        proc.wait()
+    return code, output.decode(errors="replace")

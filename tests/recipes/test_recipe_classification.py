@@ -4,6 +4,7 @@ checkpoints, and the emulated 1 -> 2 worker schedule against the same schedule o
 import io
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -141,3 +142,37 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
         moved += not np.allclose(a, initial[name])
     assert moved > len(params_e) // 2   # epoch 1 really trained
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(260)
+def test_horovod_elastic_grow_one_to_two_workers(tmp_path):
+    """Elastic horovodrun: 1 worker; a second joins once 4 samples are trained (discovery follows
+    rank 0's --progress-file) and starts from rank 0's state. The rest of the epoch is split over
+    the new world without repeating or skipping a sample, and the LR ramps to the doubled batch."""
+    pytest.importorskip("horovod.mxnet")
+    rec_dir = recipe_data.make_imagenet_rec(str(tmp_path / "data"), num_train=32, num_val=8,
+                                            classes=4, size=40)
+    ckpt = str(tmp_path / "ckpt")
+    argv = [os.path.join(recipe_data.ROOT, "scripts", "classification", "train_imagenet.py")]
+    argv += TINY + ["--data-dir", rec_dir, "--local-batch-size", "2", "--epochs", "1",
+                    "--checkpoint-dir", ckpt, "--commit-interval", "8"]
+    code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;4:2", np_start=1,
+                                                   min_np=1, max_np=2, timeout=230)
+    assert code == 0, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    changes = re.findall(r"world change at iteration (\d+): world 1 -> 2, global batch 2 -> 4, "
+                         r"k=2, lr ([\d.e-]+) -> target ([\d.e-]+), ramp over 16 iterations", output)
+    assert len(changes) == 1, output[-4000:]
+    k = int(changes[0][0])
+    assert k >= 2 and float(changes[0][2]) == pytest.approx(2 * float(changes[0][1]), rel=1e-9)
+    assert "reset: rank 0 of 1 -> rank 0 of 2" in output
+    records = recipe_data.parse_log(output)
+    worlds = [(r["world"], r["global_batch"]) for r in records if r["kind"] == "batch"]
+    # k steps of 2 samples at world 1, then the rest of the 32 in global batches of 4.
+    assert worlds == [(1, 2)] * k + [(2, 4)] * ((32 - 2 * k) // 4)
+    assert len([r for r in records if r["kind"] == "validation"]) == 1
+    index = json.load(open(os.path.join(ckpt, "resnet18_v1b-latest.json")))
+    assert (index["world_size"], index["global_batch_size"]) == (2, 4)
+    assert index["iteration"] == k + (32 - 2 * k) // 4
+    assert index["progress"] == 2 * k + 4 * ((32 - 2 * k) // 4)
