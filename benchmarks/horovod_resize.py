@@ -61,7 +61,7 @@ def worker(args):
     init_done = time.time()
     schedule = discovery.parse_schedule(SCHEDULE)
     mx.random.seed(0)
-    net = get_model("resnet50_v1b", pretrained=False, pretrained_base=False, classes=10)
+    net = get_model("resnet50_v1b", pretrained=False, pretrained_base=False)
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((1, 3, 32, 32)))
     trainer = ElasticTrainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9},
@@ -70,10 +70,11 @@ def worker(args):
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     data = mx.nd.random.uniform(shape=(2, 3, 32, 32))
     label = mx.nd.array([1, 2])
+    built = time.time()
     num_params = sum(p.data().size for p in state.params)
     marks = {"pid": os.getpid(), "start": START_TIME, "import_start": import_start,
              "imported": imported, "init_start": init_start, "init_done": init_done,
-             "num_params": num_params}
+             "built": built, "num_params": num_params}
     record_path = os.path.join(args.log_dir, "worker.%d.jsonl" % os.getpid())
 
     def record(event, **values):
@@ -167,7 +168,8 @@ def run_job(log_dir, steps, timeout):
                "--min-np", "1", "--max-np", "3", "--host-discovery-script", script,
                "--network-interface", "lo", sys.executable, os.path.abspath(__file__), "--worker",
                "--log-dir", log_dir, "--progress-file", progress_file, "--steps", str(steps)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HOROVOD_GLOO_TIMEOUT_SECONDS="120")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HOROVOD_GLOO_TIMEOUT_SECONDS="120",
+               MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
     with open(os.path.join(log_dir, "output.txt"), "w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -183,8 +185,9 @@ def run_job(log_dir, steps, timeout):
     records = []
     for name in os.listdir(log_dir):
         if name.startswith("worker."):
+            pid = int(name.split(".")[1])
             with open(os.path.join(log_dir, name)) as fin:
-                records.extend(json.loads(line) for line in fin)
+                records.extend(dict(json.loads(line), pid=pid) for line in fin)
     return records
 
 
@@ -192,7 +195,7 @@ def phases(records):
     """Per-change phase durations from the workers' records."""
     by_pid = {}
     for rec in records:
-        by_pid.setdefault(rec.get("pid") or rec["_pid"], []).append(rec)
+        by_pid.setdefault(rec["pid"], []).append(rec)
     announced = sorted(r["time"] for r in records if r["event"] == "change_announced")
     result = {"grow": {}, "shrink": {}, "join": {}, "floor_init": [], "commit": [], "step": []}
     for pid_records in by_pid.values():
@@ -221,7 +224,8 @@ def phases(records):
             step = next(r for r in pid_records if r["event"] == "step")
             for name, value in (("process start to imports", process["imported"] - process["start"]),
                                 ("hvd.init (rendezvous)", process["init_done"] - process["init_start"]),
-                                ("model build + state broadcast", synced["time"] - process["init_done"]),
+                                ("model build (and first copy)", process["built"] - process["init_done"]),
+                                ("state broadcast", synced["time"] - process["built"]),
                                 ("first step", step["time"] - synced["time"]),
                                 ("total from change", step["time"] - announced[0])):
                 result["join"].setdefault(name, []).append(value)
@@ -253,6 +257,9 @@ def main(argv=None):
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="hvd_resize_") as log_dir:
             records = run_job(log_dir, args.steps, args.timeout)
+            if args.out:
+                with open("%s.records.%d.json" % (args.out, repeat), "w") as fout:
+                    json.dump(records, fout)
             num_params = next(r["num_params"] for r in records if r["event"] == "process")
             for key, value in phases(records).items():
                 if isinstance(value, dict):
