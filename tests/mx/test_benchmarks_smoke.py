@@ -1,0 +1,119 @@
+"""Smoke tests of the benchmark commands: a reduced run writes well-formed outputs (not timing).
+
+The convergence run is checked against closed-form values of its configuration: the number of
+iterations each world takes, the world size and the LR the trainer applied at each change.
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PYTHON = sys.executable
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LR = 0.01
+LOCAL_BATCH_SIZE = 16
+# Each command takes well under a minute on an idle 2-core machine; shared machines are slower.
+pytestmark = pytest.mark.timeout(900)
+
+
+def run(command, timeout):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(command, cwd=ROOT, env=env, timeout=timeout, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def convergence_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("convergence")
+    readme = out / "README.md"
+    shutil.copy(os.path.join(ROOT, "benchmarks", "README.md"), readme)
+    run([PYTHON, "benchmarks/convergence.py", "--quick", "--out", str(out), "--readme", str(readme),
+         "--methods", "static", "immediate", "dynamic_Tk", "--lrs", str(LR), "--jobs", "1"],
+        timeout=600)
+    return out
+
+
+def test_convergence_traces_follow_the_schedule(convergence_out):
+    with open(convergence_out / "convergence.json") as fin:
+        saved = json.load(fin)
+    runs = {(r["config"]["schedule_name"], r["config"]["method"]): r for r in saved["runs"]}
+    assert sorted(runs) == sorted((s, m) for s in ("grow16_shrink8", "shrink16")
+                                  for m in ("static", "immediate", "dynamic_Tk"))
+    # --quick: 320 digits, one epoch per world. Iterations per epoch = ceil(320 / (16 * world)).
+    grow = runs[("grow16_shrink8", "immediate")]
+    assert grow["trace"]["world_size"] == [1] * 20 + [16] * 2 + [2] * 10
+    assert grow["epoch_starts"] == [0, 20, 22]
+    assert grow["trace"]["global_batch_size"][20:22] == [256, 64]
+    assert runs[("grow16_shrink8", "static")]["trace"]["world_size"] == [1] * 60
+    assert runs[("shrink16", "static")]["trace"]["world_size"] == [16] * 4
+    # Linear scaling from the base batch 16: immediate jumps to 16x at the first step of world 16;
+    # Dynamic SGD (T = k = 16) starts the ramp at 1x and moves by 15/16 per step.
+    assert grow["trace"]["lr"][20] == pytest.approx(16 * LR)
+    assert grow["trace"]["lr"][22] == pytest.approx(2 * LR)
+    dynamic = runs[("grow16_shrink8", "dynamic_Tk")]["trace"]["lr"]
+    assert dynamic[20] == pytest.approx(LR)
+    assert dynamic[21] == pytest.approx(LR * (1 + 15 / 16))
+    # The shrink to world 2 arrives mid-ramp, at multiplier 1 + 15/16: the target 2 is still a
+    # (small) growth, so a ramp of T = round(k) = 1 step starts from the multiplier in use.
+    assert dynamic[22] == pytest.approx(LR * (1 + 15 / 16))
+    assert dynamic[23] == pytest.approx(2 * LR)
+    for run_ in saved["runs"]:
+        trace = run_["trace"]
+        assert len({len(values) for values in trace.values()}) == 1
+        assert all(value > 0 for value in trace["loss"])
+        assert all(value >= 0 for value in trace["momentum_norm"])
+        assert len(run_["test_accuracy"]) == run_["config"]["epochs"]
+        assert all(0.0 <= acc <= 1.0 for acc in run_["test_accuracy"])
+
+
+def test_convergence_tables_csv_and_plots(convergence_out):
+    with open(convergence_out / "convergence.csv") as fin:
+        rows = list(csv.DictReader(fin))
+    # grow16_shrink8 has two changes, shrink16 one; three methods, one LR, one seed.
+    assert len(rows) == 3 * (2 + 1)
+    assert {row["change_epoch"] for row in rows if row["schedule"] == "shrink16"} == {"1"}
+    for row in rows:
+        assert 0.0 <= float(row["final_test_accuracy"]) <= 1.0
+        assert float(row["peak_loss"]) >= float(row["spike_loss"]) > 0
+    table = (convergence_out / "convergence.md").read_text()
+    for label in ("static world", "immediate + Goyal correction (Eq. 5)", "Dynamic SGD, T = k"):
+        assert table.count("| %s |" % label) == 2  # one row per schedule
+    plots = sorted(p for p in os.listdir(convergence_out) if p.endswith(".png"))
+    assert plots == ["convergence_grow16_shrink8_change1_lr0.01.png",
+                     "convergence_grow16_shrink8_change2_lr0.01.png",
+                     "convergence_shrink16_change1_lr0.01.png"]
+    for name in plots:
+        with open(convergence_out / name, "rb") as fin:
+            assert fin.read(8) == PNG_MAGIC
+    readme = (convergence_out / "README.md").read_text()
+    block = readme.split("<!-- convergence:begin")[1].split("<!-- convergence:end -->")[0]
+    assert "| static world |" in block
+    assert all("](%s)" % name in block for name in plots)
+    assert "## Other benchmarks" in readme
+
+
+def test_convergence_render_only_reproduces_the_tables(convergence_out):
+    table = (convergence_out / "convergence.md").read_text()
+    os.remove(convergence_out / "convergence.md")
+    run([PYTHON, "benchmarks/convergence.py", "--render-only", "--out", str(convergence_out),
+         "--readme", ""], timeout=300)
+    assert (convergence_out / "convergence.md").read_text() == table
+
+
+def test_overhead_single_process(tmp_path):
+    run([PYTHON, "benchmarks/overhead.py", "--parts", "single", "--steps", "1", "--warmup", "1",
+         "--repeats", "1", "--out", str(tmp_path), "--readme", ""], timeout=600)
+    with open(tmp_path / "overhead.json") as fin:
+        saved = json.load(fin)
+    rows = saved["results"]["single"]
+    assert sorted(rows) == ["ElasticTrainer (in ramp)", "ElasticTrainer (steady)", "gluon.Trainer"]
+    assert rows["gluon.Trainer"]["rate_ratio"] == 1.0
+    assert all(row["iterations_per_second"] > 0 for row in rows.values())
+    assert "| 1 process | ElasticTrainer (in ramp) |" in (tmp_path / "overhead.md").read_text()
