@@ -25,7 +25,10 @@ TorchElastic does for PyTorch:
   for ``--progress-timeout`` seconds (default 30; ``--start-timeout`` before its first marker),
   makes the supervisor kill the whole group (no survivor is left blocked) and relaunch it from the
   last saved state. After ``--max-restarts`` such restarts it gives up with a message naming the
-  cause and the last checkpoint, and returns the failing exit code.
+  cause and the last checkpoint, and returns the failing exit code. Workers report progress after
+  each step (at most once a second), so ``--progress-timeout`` must exceed the longest step plus a
+  save: raise it for large models on slow devices (a ResNet-50 step at 32 images per worker takes
+  about a minute on one CPU core).
 * **Generations**: each launch gets ``GLUON_ELASTIC_GENERATION`` (0, 1, ...), the checkpoint
   directory in ``GLUON_ELASTIC_CHECKPOINT_DIR`` and the spawn time in
   ``GLUON_ELASTIC_LAUNCH_TIME``. Worker output is prefixed ``[g<generation> worker <i>@<host>]``;
