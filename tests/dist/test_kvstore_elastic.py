@@ -50,28 +50,41 @@ def _processes_with_token(token):
     return found
 
 
-def run_supervisor(tmp_path, supervisor_args, worker_args, timeout, extra_env=None):
+def run_supervisor(tmp_path, supervisor_args, worker_args, timeout, extra_env=None,
+                   terminate_at=None, run_name="supervisor"):
     """Run the supervisor CLI to its end; returns (exit code, output, log records, wall seconds).
 
     Everything it starts carries a token in its environment; whatever is still alive afterwards
-    is killed (by pid) and reported as a failure.
+    is killed (by pid) and reported as a failure. ``terminate_at``: send SIGTERM to the
+    supervisor once the worker's progress file reaches that iteration.
     """
     token = uuid.uuid4().hex
     log_dir = tmp_path / "logs"
-    log_dir.mkdir()
+    log_dir.mkdir(exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **{TOKEN_VAR: token})
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra_env or {})
     command = ([sys.executable, "-m", "gluon_elastic.supervisor"] + supervisor_args
                + ["--checkpoint-dir", str(tmp_path / "ckpt"), "--", sys.executable, WORKER,
                   "--log-dir", str(log_dir)] + worker_args)
-    out_path = tmp_path / "supervisor.out"
+    out_path = tmp_path / ("%s.out" % run_name)
     tic = time.monotonic()
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            code = proc.wait(timeout=timeout)
+            while terminate_at is not None and proc.poll() is None:
+                try:
+                    progress = int((log_dir / "progress").read_text() or 0)
+                except (OSError, ValueError):
+                    progress = 0
+                if progress >= terminate_at:
+                    proc.send_signal(signal.SIGTERM)
+                    break
+                if time.monotonic() - tic > timeout:
+                    break
+                time.sleep(0.05)
+            code = proc.wait(timeout=max(1.0, timeout - (time.monotonic() - tic)))
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -261,3 +274,31 @@ def test_remote_host_runs_through_ssh_command(tmp_path):
     assert sorted(r["rank"] for r in finished) == [0, 1]
     steps = [r for r in records if r["event"] == "step"]
     assert sorted(i for r in steps for i in r["indices"]) == list(range(40))
+
+
+@pytest.mark.timeout(150)
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+    worker_args = ["--epochs", "1", "--num-samples", "96", "--step-sleep", "0.05",
+                   "--commit-interval", "100"]
+    code, output, records, _ = run_supervisor(tmp_path, ["-n", "2"], worker_args, timeout=60,
+                                              terminate_at=3, run_name="first")
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert "asking the workers to save and stop" in output and "stopped by signal 15" in output
+    stopped = [r for r in records if r["event"] == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["step"] >= 3
+    step = stopped[0]["step"]
+    assert CheckpointManager(str(tmp_path / "ckpt")).steps() == [step]
+
+    code, output, records, _ = run_supervisor(tmp_path, ["-n", "2"], worker_args, timeout=60,
+                                              run_name="second")
+    assert code == 0, output[-3000:]
+    restored = [r for r in records if r["event"] == "restored"]
+    assert sorted(r["rank"] for r in restored) == [0, 1]
+    assert {r["step"] for r in restored} == {step}
+    assert (restored[0]["params"], restored[0]["momentum"]) == \
+        (stopped[0]["params"], stopped[0]["momentum"])
+    # The second run trained exactly the steps the first did not: 96 / 8 = 12 in all.
+    first_steps = [r for r in records if r["event"] == "step" and r["iteration"] < step]
+    second = [r for r in records if r["event"] == "step" and r["iteration"] >= step]
+    assert sorted({r["iteration"] for r in second}) == list(range(step, 12))
+    assert sorted(i for r in first_steps + second for i in r["indices"]) == list(range(96))
