@@ -23,15 +23,16 @@ What MXNet needs around Horovod, handled here:
   Horovod op is left in flight when Horovod shuts down.
 - A worker that the driver removes must not abort: Horovod's re-initialisation throws in a C++
   thread when its slot has no rank any more (exit 134). Before re-initialising after a change
-  that may have removed slots, each worker asks the driver's rendezvous store for its new rank
+  announced as removing slots, each worker asks the driver's rendezvous store for its new rank
   (the same question Horovod's re-initialisation asks) and, when the answer is "none", leaves
-  with exit code 0, which the driver ignores for slots it no longer assigns.
+  with exit code 0, which the driver ignores for slots it no longer assigns. After a failure
+  nobody asks early (see the comment in the loop).
 
 Limit: the early question registers the worker in the driver's next rendezvous round, and the
-re-initialisation registers it once more. After a removal or a failure, that second round
-completes with the survivors; a worker *added* in the same round as a removal would not register
-again and the survivors would wait for it. Membership changes that add and remove at once should
-therefore be announced as two changes (a discovery script that moves in single steps).
+re-initialisation registers it once more. After a removal, that second round completes with the
+survivors; a worker *added* in the same round as a removal would not register again and the
+survivors would wait for it. Membership changes that add and remove at once should therefore be
+announced as two changes (a discovery script that moves in single steps).
 
 On backends that are not elastic in place (KVStore: restart elasticity), on the local backend
 and under plain ``horovodrun -np N``, the wrapper syncs once and calls ``func(state)`` once.
@@ -196,7 +197,12 @@ def _run_elastic(func, state, backend, args, kwargs):
                             backend.rank, err)
                 _flush()
                 state.restore()
-                removal_possible = True
+                # No early question here: Horovod's re-initialisation first closes the old Gloo
+                # connections, which is how a survivor still blocked on this one learns of the
+                # failure; asking before would keep them open and stall it for the Gloo timeout.
+                # Workers sharing the dead one's host are terminated by the driver (it
+                # blacklists the whole host), so none is left to be removed.
+                removal_possible = False
             except HostsUpdatedInterrupt:
                 removal_possible = bool(state.last_host_update & HOSTS_REMOVED)
             old_rank, old_size, tic = backend.rank, backend.world_size, time.time()
