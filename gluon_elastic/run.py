@@ -1,5 +1,25 @@
 """The elastic run loop: ``@gluon_elastic.run.run`` around a training function.
 
+    state = ElasticState(net, trainer, sampler, epoch=0)
+
+    @gluon_elastic.run.run
+    def fit(state):
+        while state.epoch < num_epochs:
+            sampler.set_epoch(state.epoch)
+            for indices, global_batch_size in sampler.iter_batches(
+                    trainer.batch_policy.local_batch_sizes(trainer.world_size), trainer.rank):
+                ...  # forward/backward on dataset[indices]
+                trainer.step(global_batch_size=global_batch_size)
+                sampler.record(global_batch_size)
+                if trainer.iteration % commit_interval == 0:
+                    state.commit()
+                else:
+                    state.check_host_updates()
+            state.epoch += 1
+            state.commit()
+
+    fit(state)   # under horovodrun --host-discovery-script ... --network-interface lo
+
 Contract
 --------
 ``run(func)`` returns ``wrapper(state, *args, **kwargs)``. Under Horovod's elastic driver
