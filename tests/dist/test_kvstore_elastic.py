@@ -124,12 +124,12 @@ def _digests_from_file(manager, step):
     return digest.hexdigest(), mom_digest.hexdigest(), trainer_state["elastic"]
 
 
-NUM_SAMPLES, EPOCHS, LOCAL_BATCH, BASE_LR, COMMIT = 200, 2, 4, 0.05, 4
+NUM_SAMPLES, EPOCHS, LOCAL_BATCH, BASE_LR, COMMIT = 240, 2, 4, 0.05, 4
 
 
 @pytest.mark.timeout(240)
 def test_schedule_2_3_1_with_kill_and_corrupted_checkpoint(tmp_path):
-    schedule = "0=localhost:2;10=localhost:2,127.0.0.1:1;26=localhost:1"
+    schedule = "0=localhost:2;10=localhost:2,127.0.0.1:1;34=localhost:1"
     discovery = "%s %s %s %s" % (sys.executable, DISCOVERY, tmp_path / "logs" / "progress",
                                  schedule)
     code, output, records, _ = run_supervisor(
