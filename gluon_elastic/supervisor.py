@@ -8,6 +8,8 @@
 
 Contract
 --------
+The worker script must drive a :class:`gluon_elastic.restart.RestartAgent` (``restore`` at start,
+``after_step`` after every step): it carries the progress markers, the save and the agreed stop.
 MXNet's ``dist_sync`` fixes its worker count when the processes start, and when a worker dies the
 survivors block in push/pull forever. The supervisor therefore owns the group's life, the way
 TorchElastic does for PyTorch:
