@@ -220,7 +220,9 @@ def build_model(args, ctx):
         # BatchNorm scale/shift and biases are not what weight decay is meant to shrink.
         for param in net.collect_params(".*beta|.*gamma|.*bias").values():
             param.wd_mult = 0.0
-    net.hybridize(static_alloc=True, static_shape=True)
+    # Plain hybridize: with static_alloc, BatchNorm's running statistics were not updated in the
+    # parameters once grad_req had been switched to 'add' for emulated workers (MXNet 1.9.1).
+    net.hybridize()
     return net
 
 

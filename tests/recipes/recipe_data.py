@@ -267,3 +267,33 @@ def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_n
             output = proc.communicate()[0]
         proc.wait()
     return code, output.decode(errors="replace")
+
+
+def check_one_grow(output, index, num_train, local_batch_size):
+    """Assert what a 1 -> 2 worker Horovod job with one epoch must show; returns the change step.
+
+    ``index`` is the recipe's ``-latest.json`` checkpoint index. The change lands after ``k`` steps
+    of ``local_batch_size``; the rest of the epoch is trained in global batches of twice that (a
+    short tail is dropped), each sample at most once.
+    """
+    import re
+
+    assert "Traceback" not in output, output[-4000:]
+    global_batch_size = 2 * local_batch_size
+    changes = re.findall(r"world change at iteration (\d+): world 1 -> 2, global batch %d -> %d, "
+                         r"k=2, lr ([\d.e-]+) -> target ([\d.e-]+), ramp over 16 iterations"
+                         % (local_batch_size, global_batch_size), output)
+    assert len(changes) == 1, output[-4000:]
+    k = int(changes[0][0])
+    assert k >= 1 and abs(float(changes[0][2]) - 2 * float(changes[0][1])) <= 1e-9 * float(
+        changes[0][2])
+    assert "reset: rank 0 of 1 -> rank 0 of 2" in output
+    records = parse_log(output)
+    worlds = [(r["world"], r["global_batch"]) for r in records if r["kind"] == "batch"]
+    rest = (num_train - local_batch_size * k) // global_batch_size
+    assert worlds == [(1, local_batch_size)] * k + [(2, global_batch_size)] * rest, worlds
+    assert len([r for r in records if r["kind"] == "validation"]) == 1
+    assert (index["world_size"], index["global_batch_size"]) == (2, global_batch_size), index
+    assert index["iteration"] == k + rest
+    assert index["progress"] == local_batch_size * k + global_batch_size * rest
+    return k

@@ -4,7 +4,6 @@ checkpoints, and the emulated 1 -> 2 worker schedule against the same schedule o
 import io
 import json
 import os
-import re
 import sys
 
 import numpy as np
@@ -99,7 +98,11 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
     Weights, BatchNorm statistics of rank 0, LR trajectory and progress agree."""
     from gluon_elastic.launch import Group
 
-    common = TINY + ["--data-dir", rec_dir, "--local-batch-size", "2"]
+    # The epoch-0 run stops after one epoch, so the schedule must not depend on --epochs: step
+    # decay at epoch 1, no warmup. A small LR keeps training far from divergence, where rounding
+    # differences between the processes' kernels would be amplified beyond any tolerance.
+    common = TINY + ["--data-dir", rec_dir, "--local-batch-size", "2", "--lr", "0.01",
+                     "--lr-mode", "step", "--lr-decay-epoch", "1", "--warmup-epochs", "0"]
     emulated_dir, real_dir = str(tmp_path / "emulated"), str(tmp_path / "real")
     emulated = cls.train(cls.parse_args(common + ["--epochs", "2", "--emulate-schedule", "0:1,1:2",
                                                   "--checkpoint-dir", emulated_dir]))
@@ -129,18 +132,20 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
     # restarted group continued the ramp from the saved transition, as the emulation did.
     assert index_r["lr"] == pytest.approx(index_e["lr"], rel=1e-12)
     schedule = emulated.trainer.schedule
-    # The last step (iteration 11) started at progress 16 + 3 * 4 = 28.
+    # The last step (iteration 11) started at progress 16 + 3 * 4 = 28, after the decay at 16.
     assert index_e["lr"] == pytest.approx(schedule(28) * (1 + 3 / 16), rel=1e-12)
     params_e = mx.nd.load(os.path.join(emulated_dir, index_e["params"]))
     params_r = mx.nd.load(os.path.join(real_dir, index_r["params"]))
     assert set(params_e) == set(params_r)
     initial = {k: v.asnumpy() for k, v in mx.nd.load(
         os.path.join(real_dir, "resnet18_v1b-0000.params")).items()}
-    moved = 0
-    for name in params_e:
+    moved, mismatched = 0, []
+    for name in sorted(params_e):
         a, b = params_e[name].asnumpy(), params_r[name].asnumpy()
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+        if not np.allclose(a, b, rtol=1e-4, atol=1e-5):
+            mismatched.append((name, float(np.abs(a - b).max()), float(np.abs(a).max())))
         moved += not np.allclose(a, initial[name])
+    assert not mismatched, " ".join(m[0] for m in mismatched if "running" not in m[0]) + " %d" % len(mismatched)
     assert moved > len(params_e) // 2   # epoch 1 really trained
 
 
@@ -160,19 +165,5 @@ def test_horovod_elastic_grow_one_to_two_workers(tmp_path):
     code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;4:2", np_start=1,
                                                    min_np=1, max_np=2, timeout=230)
     assert code == 0, output[-4000:]
-    assert "Traceback" not in output, output[-4000:]
-    changes = re.findall(r"world change at iteration (\d+): world 1 -> 2, global batch 2 -> 4, "
-                         r"k=2, lr ([\d.e-]+) -> target ([\d.e-]+), ramp over 16 iterations", output)
-    assert len(changes) == 1, output[-4000:]
-    k = int(changes[0][0])
-    assert k >= 2 and float(changes[0][2]) == pytest.approx(2 * float(changes[0][1]), rel=1e-9)
-    assert "reset: rank 0 of 1 -> rank 0 of 2" in output
-    records = recipe_data.parse_log(output)
-    worlds = [(r["world"], r["global_batch"]) for r in records if r["kind"] == "batch"]
-    # k steps of 2 samples at world 1, then the rest of the 32 in global batches of 4.
-    assert worlds == [(1, 2)] * k + [(2, 4)] * ((32 - 2 * k) // 4)
-    assert len([r for r in records if r["kind"] == "validation"]) == 1
     index = json.load(open(os.path.join(ckpt, "resnet18_v1b-latest.json")))
-    assert (index["world_size"], index["global_batch_size"]) == (2, 4)
-    assert index["iteration"] == k + (32 - 2 * k) // 4
-    assert index["progress"] == 2 * k + 4 * ((32 - 2 * k) // 4)
+    recipe_data.check_one_grow(output, index, num_train=32, local_batch_size=2)

@@ -142,3 +142,20 @@ def test_ssd_two_kvstore_workers(voc_dir, tmp_path):
     assert len(progress_sources) == 1, progress_sources
     index = json.load(open(os.path.join(ckpt, "ssd_300_mobilenet0.25_voc-latest.json")))
     assert (index["world_size"], index["iteration"], index["progress"]) == (2, 2, 8)
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(260)
+def test_ssd_horovod_elastic_grow_one_to_two_workers(tmp_path):
+    """Elastic horovodrun: 1 worker, a second joins once 4 images are trained."""
+    pytest.importorskip("horovod.mxnet")
+    voc = recipe_data.make_voc_detection(str(tmp_path / "data"), num_train=24, num_val=4, size=64)
+    ckpt = str(tmp_path / "ckpt")
+    argv = [os.path.join(recipe_data.ROOT, "scripts", "detection", "train_detection.py")]
+    argv += TINY + ["--data-dir", voc, "--train-splits", "2007_trainval", "--model",
+                    "ssd_300_mobilenet0.25_voc", "--checkpoint-dir", ckpt, "--commit-interval", "8"]
+    code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;4:2", np_start=1,
+                                                   min_np=1, max_np=2, timeout=230)
+    assert code == 0, output[-4000:]
+    index = json.load(open(os.path.join(ckpt, "ssd_300_mobilenet0.25_voc-latest.json")))
+    recipe_data.check_one_grow(output, index, num_train=24, local_batch_size=2)
