@@ -238,7 +238,7 @@ def make_train_loader(args, train_set, net):
     else:
         with autograd.train_mode():
             _, _, anchors = net(mx.nd.zeros((1, 3, size, size)))
-        transform = presets.ssd.SSDDefaultTrainTransform(size, size, anchors.as_in_context(mx.cpu()),
+        transform = presets.ssd.SSDDefaultTrainTransform(size, size, anchors.copyto(mx.cpu()),
                                                          mean=MEAN_RGB, std=STD_RGB)
         batchify = Tuple(Stack(), Stack(), Stack())
     dataset = train_set.transform(transform)
@@ -317,6 +317,9 @@ def make_evaluate_fn(args, val_set, ctx, batch_size=None):
             difficult = label[:, :, 5:6] if label.shape[-1] > 5 else None
             records.append((bboxes.asnumpy(), ids.asnumpy(), scores.asnumpy(), label[:, :, :4],
                             label[:, :, 4:5], difficult))
+        # set_nms cleared the cached graph and inference cached one with the image as only input;
+        # YOLOv3 trains with seven inputs, so training must build its graph afresh.
+        net.hybridize()
         return records
     return evaluate
 

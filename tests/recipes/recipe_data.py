@@ -235,8 +235,10 @@ def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_n
                "--host-discovery-script", script, "--network-interface", "lo",
                sys.executable] + list(recipe_argv) + ["--backend", "horovod",
                                                       "--progress-file", progress_file]
+    # MXNet 1.9.1's MKLDNN kernels crashed (segfaults, corrupted shapes) in elastic Horovod jobs
+    # on this machine; the project's elastic jobs run with MKLDNN off.
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT,
-               HOROVOD_GLOO_TIMEOUT_SECONDS="120")
+               HOROVOD_GLOO_TIMEOUT_SECONDS="120", MXNET_MKLDNN_ENABLED="0")
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     output, code = b"", None
@@ -269,12 +271,13 @@ def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_n
     return code, output.decode(errors="replace")
 
 
-def check_one_grow(output, index, num_train, local_batch_size):
-    """Assert what a 1 -> 2 worker Horovod job with one epoch must show; returns the change step.
+def check_one_grow(output, index, num_train, local_batch_size, epochs):
+    """Assert what a 1 -> 2 worker Horovod job must show; returns the step of the change.
 
-    ``index`` is the recipe's ``-latest.json`` checkpoint index. The change lands after ``k`` steps
-    of ``local_batch_size``; the rest of the epoch is trained in global batches of twice that (a
-    short tail is dropped), each sample at most once.
+    ``index`` is the recipe's ``-latest.json`` checkpoint index. The change lands after some steps
+    of ``local_batch_size`` (in any epoch but the end of the last); from then on every step has
+    twice that. Within each epoch the samples are split over the world of the moment, each at most
+    once, and only a short tail is dropped.
     """
     import re
 
@@ -284,16 +287,24 @@ def check_one_grow(output, index, num_train, local_batch_size):
                          r"k=2, lr ([\d.e-]+) -> target ([\d.e-]+), ramp over 16 iterations"
                          % (local_batch_size, global_batch_size), output)
     assert len(changes) == 1, output[-4000:]
-    k = int(changes[0][0])
-    assert k >= 1 and abs(float(changes[0][2]) - 2 * float(changes[0][1])) <= 1e-9 * float(
-        changes[0][2])
+    change_step = int(changes[0][0])
+    assert float(changes[0][2]) == 2 * float(changes[0][1]) or abs(
+        float(changes[0][2]) - 2 * float(changes[0][1])) <= 1e-9 * float(changes[0][2])
     assert "reset: rank 0 of 1 -> rank 0 of 2" in output
     records = parse_log(output)
-    worlds = [(r["world"], r["global_batch"]) for r in records if r["kind"] == "batch"]
-    rest = (num_train - local_batch_size * k) // global_batch_size
-    assert worlds == [(1, local_batch_size)] * k + [(2, global_batch_size)] * rest, worlds
-    assert len([r for r in records if r["kind"] == "validation"]) == 1
+    steps = [(r["epoch"], r["world"], r["global_batch"]) for r in records if r["kind"] == "batch"]
+    worlds = [(world, batch) for _, world, batch in steps]
+    assert worlds == [(1, local_batch_size)] * change_step + \
+        [(2, global_batch_size)] * (len(worlds) - change_step), worlds
+    assert change_step >= 1 and len(worlds) > change_step, worlds
+    total_samples = 0
+    for epoch in range(epochs):
+        small = sum(1 for e, world, _ in steps if e == epoch and world == 1)
+        large = sum(1 for e, world, _ in steps if e == epoch and world == 2)
+        assert large == (num_train - local_batch_size * small) // global_batch_size, (epoch, steps)
+        total_samples += local_batch_size * small + global_batch_size * large
+    assert len([r for r in records if r["kind"] == "validation"]) == epochs
     assert (index["world_size"], index["global_batch_size"]) == (2, global_batch_size), index
-    assert index["iteration"] == k + rest
-    assert index["progress"] == local_batch_size * k + global_batch_size * rest
-    return k
+    assert (index["iteration"], index["progress"]) == (len(worlds), total_samples), index
+    assert index["sampler"]["epoch"] == epochs
+    return change_step

@@ -153,17 +153,18 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
 @pytest.mark.timeout(260)
 def test_horovod_elastic_grow_one_to_two_workers(tmp_path):
     """Elastic horovodrun: 1 worker; a second joins once 4 samples are trained (discovery follows
-    rank 0's --progress-file) and starts from rank 0's state. The rest of the epoch is split over
-    the new world without repeating or skipping a sample, and the LR ramps to the doubled batch."""
+    rank 0's --progress-file; the change lands when the driver has noticed it, in either epoch) and
+    starts from rank 0's state. The rest of the epoch is split over the new world without repeating
+    or skipping a sample, and the LR ramps to the doubled batch."""
     pytest.importorskip("horovod.mxnet")
     rec_dir = recipe_data.make_imagenet_rec(str(tmp_path / "data"), num_train=32, num_val=8,
                                             classes=4, size=40)
     ckpt = str(tmp_path / "ckpt")
     argv = [os.path.join(recipe_data.ROOT, "scripts", "classification", "train_imagenet.py")]
-    argv += TINY + ["--data-dir", rec_dir, "--local-batch-size", "2", "--epochs", "1",
+    argv += TINY + ["--data-dir", rec_dir, "--local-batch-size", "2", "--epochs", "2",
                     "--checkpoint-dir", ckpt, "--commit-interval", "8"]
     code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;4:2", np_start=1,
                                                    min_np=1, max_np=2, timeout=230)
     assert code == 0, output[-4000:]
     index = json.load(open(os.path.join(ckpt, "resnet18_v1b-latest.json")))
-    recipe_data.check_one_grow(output, index, num_train=32, local_batch_size=2)
+    recipe_data.check_one_grow(output, index, num_train=32, local_batch_size=2, epochs=2)

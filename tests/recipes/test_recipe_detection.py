@@ -76,13 +76,15 @@ def test_ssd_on_voc_trains_evaluates_and_checkpoints(voc_dir, tmp_path):
 
 def test_yolo3_on_coco_emulated_two_workers(coco_dir):
     args = det.parse_args(TINY + ["--data-dir", coco_dir, "--dataset", "coco", "--model",
-                                  "yolo3_mobilenet0.25_coco", "--emulate-schedule", "0:2"])
+                                  "yolo3_mobilenet0.25_coco", "--emulate-schedule", "0:2",
+                                  "--epochs", "2"])
     loop = det.train(args)
     # The COCO categories replace the model's 80 classes.
     assert loop.net.classes == list(recipe_data.VOC_CLASSES)
-    # 8 images, 2 virtual workers of 2: two steps of 4.
-    assert (loop.trainer.world_size, loop.trainer.iteration, loop.trainer.progress) == (2, 2, 8)
-    (_, metrics), = loop.history
+    # 8 images, 2 virtual workers of 2: two steps of 4 per epoch; two epochs, training and
+    # inference graphs alternating.
+    assert (loop.trainer.world_size, loop.trainer.iteration, loop.trainer.progress) == (2, 4, 16)
+    (_, _), (_, metrics) = loop.history
     assert set(metrics) == {"map", "map50"} and 0.0 <= metrics["map"] <= metrics["map50"] <= 1.0
 
 
@@ -146,16 +148,19 @@ def test_ssd_two_kvstore_workers(voc_dir, tmp_path):
 
 @pytest.mark.dist
 @pytest.mark.timeout(260)
-def test_ssd_horovod_elastic_grow_one_to_two_workers(tmp_path):
-    """Elastic horovodrun: 1 worker, a second joins once 4 images are trained."""
+def test_yolo3_horovod_elastic_grow_one_to_two_workers(tmp_path):
+    """Elastic horovodrun: 1 worker, a second joins once 4 images are trained (the change lands
+    when the driver has noticed it, in either epoch); YOLOv3 alternates its 7-input training graph
+    and its 1-input inference graph across the epochs."""
     pytest.importorskip("horovod.mxnet")
-    voc = recipe_data.make_voc_detection(str(tmp_path / "data"), num_train=24, num_val=4, size=64)
+    voc = recipe_data.make_voc_detection(str(tmp_path / "data"), num_train=48, num_val=4, size=64)
     ckpt = str(tmp_path / "ckpt")
     argv = [os.path.join(recipe_data.ROOT, "scripts", "detection", "train_detection.py")]
     argv += TINY + ["--data-dir", voc, "--train-splits", "2007_trainval", "--model",
-                    "ssd_300_mobilenet0.25_voc", "--checkpoint-dir", ckpt, "--commit-interval", "8"]
+                    "yolo3_mobilenet0.25_voc", "--checkpoint-dir", ckpt, "--commit-interval", "8",
+                    "--epochs", "2"]
     code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;4:2", np_start=1,
                                                    min_np=1, max_np=2, timeout=230)
     assert code == 0, output[-4000:]
-    index = json.load(open(os.path.join(ckpt, "ssd_300_mobilenet0.25_voc-latest.json")))
-    recipe_data.check_one_grow(output, index, num_train=24, local_batch_size=2)
+    index = json.load(open(os.path.join(ckpt, "yolo3_mobilenet0.25_voc-latest.json")))
+    recipe_data.check_one_grow(output, index, num_train=48, local_batch_size=2, epochs=2)
