@@ -495,7 +495,8 @@ def write_reports(results, args, command, elapsed, machine):
                                  os.path.dirname(os.path.abspath(args.readme)))
         block = markdown + "\n\nLR, world size, training loss (each seed) and momentum-buffer " \
             "norm around each change, one column per method:\n\n" + "\n\n".join(
-                "![%s](%s)" % (p, os.path.join(folder, p).replace(os.sep, "/")) for p in plots)
+                "![%s](%s)" % (p, p if folder == os.curdir else "%s/%s" % (folder.replace(os.sep, "/"), p))
+                for p in plots)
         update_readme(args.readme, block)
     return plots
 

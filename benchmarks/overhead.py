@@ -49,8 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="resnet18_v1b", help="GluonCV model name")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--local-batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10, help="timed iterations per repetition")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per repetition")
+    parser.add_argument("--steps", type=int, default=6, help="timed iterations per repetition")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per repetition")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--parts", nargs="+", default=["single", "horovod"],
                         choices=["single", "horovod"])

@@ -7,8 +7,10 @@ import csv
 import json
 import os
 import shutil
+import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -29,15 +31,29 @@ def run(command, timeout):
     return proc
 
 
+@pytest.fixture
+def out_dir():
+    # A private folder rather than pytest's basetemp, which concurrent pytest runs of the same
+    # user may prune while this module's fixture still uses it.
+    path = pathlib.Path(tempfile.mkdtemp(prefix="gluon_elastic_bench_"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def convergence_out(tmp_path_factory):
-    out = tmp_path_factory.mktemp("convergence")
-    readme = out / "README.md"
-    shutil.copy(os.path.join(ROOT, "benchmarks", "README.md"), readme)
-    run([PYTHON, "benchmarks/convergence.py", "--quick", "--out", str(out), "--readme", str(readme),
-         "--methods", "static", "immediate", "dynamic_Tk", "--lrs", str(LR), "--jobs", "1"],
-        timeout=600)
-    return out
+def convergence_out():
+    out = pathlib.Path(tempfile.mkdtemp(prefix="gluon_elastic_convergence_"))
+    try:
+        readme = out / "README.md"
+        shutil.copy(os.path.join(ROOT, "benchmarks", "README.md"), readme)
+        run([PYTHON, "benchmarks/convergence.py", "--quick", "--out", str(out), "--readme",
+             str(readme), "--methods", "static", "immediate", "dynamic_Tk", "--lrs", str(LR),
+             "--jobs", "1"], timeout=600)
+        yield out
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_convergence_traces_follow_the_schedule(convergence_out):
@@ -107,7 +123,8 @@ def test_convergence_render_only_reproduces_the_tables(convergence_out):
     assert (convergence_out / "convergence.md").read_text() == table
 
 
-def test_overhead_single_process(tmp_path):
+def test_overhead_single_process(out_dir):
+    tmp_path = out_dir
     run([PYTHON, "benchmarks/overhead.py", "--parts", "single", "--steps", "1", "--warmup", "1",
          "--repeats", "1", "--out", str(tmp_path), "--readme", ""], timeout=600)
     with open(tmp_path / "overhead.json") as fin:
