@@ -22,9 +22,13 @@ every recipe:
   ``Block.save_parameters`` and the trainer with ``ElasticTrainer.save_states`` (Gluon's
   formats), next to a small JSON file with the sampler state; a run started with the same
   ``--checkpoint-dir`` resumes from it, in whatever world it now has (restart elasticity).
-* **in-place elasticity.** The loop calls ``state.commit()`` every ``--commit-interval`` steps and at
-  the end of each epoch and ``state.check_host_updates()`` every ``--check-interval`` steps, so a
-  Horovod-style run decorator can wrap :meth:`ElasticLoop.run`; without one, these are no-ops.
+* **in-place elasticity.** :func:`run_loop` wraps :meth:`ElasticLoop.run` with
+  :func:`gluon_elastic.run.run` around a :class:`gluon_elastic.state.ElasticState` of the model,
+  trainer and sampler. The loop calls ``state.commit()`` every ``--commit-interval`` steps and at
+  the end of each epoch, and ``state.check_host_updates()`` every ``--check-interval`` steps; after
+  a reset it is called again and continues from the sampler's position, split over the new world
+  (the ``Batch`` counter of the log restarts then). On backends that are not elastic in place
+  these calls cost a host copy at commits and nothing else.
 * **log format** (rank 0 only; GluonCV's fields, with world size and global batch added)::
 
     Epoch[E] Batch [B]\\tSpeed: S samples/sec\\tworld=W\\tglobal_batch=G\\tlr=L\\tloss=X
@@ -46,9 +50,9 @@ import numpy as np
 from . import backends as _backends
 from . import flags as _flags
 
-__all__ = ["add_run_args", "add_schedule_args", "build_schedule", "check_elastic_args", "create_backend", "choose_context", "setup_logging",
-           "format_metrics", "RecipeCheckpoint", "ElasticLoop", "NoElasticState", "elastic_runner",
-           "run_loop", "prepare", "fit"]
+__all__ = ["add_run_args", "add_schedule_args", "build_schedule", "check_elastic_args",
+           "create_backend", "choose_context", "setup_logging", "format_metrics", "RecipeCheckpoint",
+           "ElasticLoop", "NoElasticState", "run_loop", "prepare", "fit"]
 
 logger = logging.getLogger("gluon_elastic.recipe")
 
@@ -291,19 +295,6 @@ class NoElasticState:
         """Nothing to check."""
 
 
-def elastic_runner():
-    """``(make_state, run)`` of the in-place elastic machinery, or None when it is not available.
-
-    ``make_state(net, trainer, sampler)`` builds the state object and ``run(fn)`` wraps the loop.
-    """
-    try:
-        from .run import run as elastic_run
-        from .state import ElasticState
-    except ImportError:
-        return None
-    return ElasticState, elastic_run
-
-
 class ElasticLoop:
     """The training loop shared by the recipes.
 
@@ -463,15 +454,11 @@ class ElasticLoop:
 
 
 def run_loop(loop):
-    """Run ``loop`` under the in-place elastic machinery when it is installed, else directly.
+    """Run ``loop`` under :func:`gluon_elastic.run.run` with an ElasticState; returns the metrics."""
+    from .run import run as elastic_run
+    from .state import ElasticState
 
-    Returns the last metrics.
-    """
-    runner = elastic_runner()
-    if runner is None:
-        return loop.run()
-    make_state, elastic_run = runner
-    state = make_state(loop.net, loop.trainer, loop.sampler)
+    state = ElasticState(loop.net, loop.trainer, loop.sampler)
     return elastic_run(loop.run)(state)
 
 
