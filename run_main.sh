@@ -23,9 +23,6 @@ export OMP_NUM_THREADS=1
 # Gloo gives up on a peer after this long; a joining worker must import MXNet and Horovod within
 # it, which takes seconds on a busy 2-core machine.
 export HOROVOD_GLOO_TIMEOUT_SECONDS=${HOROVOD_GLOO_TIMEOUT_SECONDS:-120}
-# MXNet 1.9.1's MKLDNN kernels crashed in a survivor after Horovod's in-place re-initialisation
-# ("could not execute a primitive", segfault) on this machine; the plain CPU kernels do not.
-export MXNET_MKLDNN_ENABLED=${MXNET_MKLDNN_ENABLED:-0} MXNET_STORAGE_FALLBACK_LOG_VERBOSE=0
 "$bin/horovodrun" --gloo -np 2 --min-np 1 --max-np 3 \
     --host-discovery-script "$work/discover.sh" --network-interface lo \
     "$py" scripts/train_mnist.py --backend horovod --progress-file "$work/progress" \

@@ -105,6 +105,7 @@ def run_job(tmp_path, np_start, min_np, max_np, schedule, exits, wait):
     if wait:
         command.append("--wait-for-schedule")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               # Plain CPU kernels: these tests check the elastic protocol, not MKLDNN.
                HOROVOD_GLOO_TIMEOUT_SECONDS="60", MXNET_MKLDNN_ENABLED="0",
                # The driver orders host names through a set: a fixed hash seed fixes the order
                # (localhost first), so rank 0 is alone on its host name in the kill_root job.
