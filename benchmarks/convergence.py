@@ -1,6 +1,7 @@
 """Convergence under elastic world changes: Dynamic SGD against its baselines on real MNIST digits.
 
-Regenerate every table, plot and raw number (about 15-25 minutes on a 2-core CPU):
+Regenerate every table, plot and raw number (32 minutes on a 2-core CPU shared with other jobs;
+about 10 on an idle one):
 
     .venv/bin/python benchmarks/convergence.py
 
@@ -317,6 +318,8 @@ def fmt(pair, digits=3, percent=False):
         return "diverged"
     if percent:
         return "%.1f ± %.1f" % (100 * mean, 100 * std)
+    if abs(mean) >= 1000:  # a run that blew up: orders of magnitude matter, not decimals
+        return "%.3g ± %.3g" % (mean, std)
     return "%.*f ± %.*f" % (digits, mean, digits, std)
 
 
@@ -328,9 +331,11 @@ def markdown_tables(table, args, machine, command, elapsed):
              "Per-worker batch %d; base LRs are per %d samples and scale linearly with the global "
              "batch; momentum %.2f, wd %g, warmup over the first %d samples. Mean ± std over %d "
              "seeds. *Spike*: mean training loss over the first %d iterations after the change; "
-             "*peak*: largest training loss in the first %d; *acc@change*: test accuracy (%%) at the "
-             "end of the epoch of the change; *loss before*: the %d iterations before it. For the "
-             "static world the same epoch boundary is measured, without a change."
+             "*peak*: largest training loss in the first %d (both windows end at the next change, "
+             "if sooner); *acc@change*: test accuracy (%%) at the end of the epoch of the change; "
+             "*loss before*: mean over the %d iterations before it. For the static world the same "
+             "epoch boundary is measured, without a change. *diverged*: some seed's loss "
+             "overflowed."
              % (args.local_batch_size, args.local_batch_size, args.momentum, args.wd,
                 args.warmup_samples, args.seeds, args.spike_window, args.peak_window,
                 args.spike_window), ""]
@@ -495,8 +500,8 @@ def write_reports(results, args, command, elapsed, machine):
                                  os.path.dirname(os.path.abspath(args.readme)))
         block = markdown + "\n\nLR, world size, training loss (each seed) and momentum-buffer " \
             "norm around each change, one column per method:\n\n" + "\n\n".join(
-                "![%s](%s)" % (p, p if folder == os.curdir else "%s/%s" % (folder.replace(os.sep, "/"), p))
-                for p in plots)
+                "![%s](%s)" % (p, p if folder == os.curdir
+                               else "%s/%s" % (folder.replace(os.sep, "/"), p)) for p in plots)
         update_readme(args.readme, block)
     return plots
 
