@@ -48,6 +48,10 @@ What MXNet needs around Horovod, handled here:
   with exit code 0, which the driver ignores for slots it no longer assigns. After a failure
   nobody asks early (see the comment in the loop).
 
+A survivor that was exchanging data with another survivor (not with the dead worker) when the
+failure happened only learns of it when Gloo gives up on that exchange: up to
+``HOROVOD_GLOO_TIMEOUT_SECONDS`` later (seen on this machine in about half of the rank-0 kills).
+
 Limit: the early question registers the worker in the driver's next rendezvous round, and the
 re-initialisation registers it once more. After a removal, that second round completes with the
 survivors; a worker *added* in the same round as a removal would not register again and the
@@ -217,11 +221,10 @@ def _run_elastic(func, state, backend, args, kwargs):
                             backend.rank, err)
                 _flush()
                 state.restore()
-                # No early question here: Horovod's re-initialisation first closes the old Gloo
-                # connections, which is how a survivor still blocked on this one learns of the
-                # failure; asking before would keep them open and stall it for the Gloo timeout.
-                # Workers sharing the dead one's host are terminated by the driver (it
-                # blacklists the whole host), so none is left to be removed.
+                # No early question after a failure: the driver blacklists the dead worker's
+                # whole host and terminates the workers it had there, so no survivor can find
+                # itself removed; every survivor registers exactly once, in Horovod's own
+                # re-initialisation.
                 removal_possible = False
             except HostsUpdatedInterrupt:
                 removal_possible = bool(state.last_host_update & HOSTS_REMOVED)
