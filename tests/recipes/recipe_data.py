@@ -288,8 +288,8 @@ def check_one_grow(output, index, num_train, local_batch_size, epochs):
                          % (local_batch_size, global_batch_size), output)
     assert len(changes) == 1, output[-4000:]
     change_step = int(changes[0][0])
-    assert float(changes[0][2]) == 2 * float(changes[0][1]) or abs(
-        float(changes[0][2]) - 2 * float(changes[0][1])) <= 1e-9 * float(changes[0][2])
+    # The trainer logs 6 significant digits: the target LR is twice the LR in use (k = 2).
+    assert abs(float(changes[0][2]) - 2 * float(changes[0][1])) <= 1e-5 * float(changes[0][2])
     assert "reset: rank 0 of 1 -> rank 0 of 2" in output
     records = parse_log(output)
     steps = [(r["epoch"], r["world"], r["global_batch"]) for r in records if r["kind"] == "batch"]

@@ -138,3 +138,21 @@ def test_fcn_two_kvstore_workers(voc_dir, tmp_path):
     assert 0.0 <= validation["mIoU"] <= 1.0 and 0.0 <= validation["pixAcc"] <= 1.0
     index = json.load(open(os.path.join(ckpt, "fcn_resnet50_voc-latest.json")))
     assert (index["world_size"], index["iteration"], index["progress"]) == (2, 2, 4)
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(260)
+def test_fcn_horovod_elastic_grow_one_to_two_workers(tmp_path):
+    """Elastic horovodrun: 1 worker, a second joins once 2 images are trained (the change lands
+    when the driver has noticed it, in either epoch)."""
+    pytest.importorskip("horovod.mxnet")
+    voc = recipe_data.make_voc_segmentation(str(tmp_path / "data"), num_train=8, num_val=2, size=40)
+    ckpt = str(tmp_path / "ckpt")
+    argv = [os.path.join(recipe_data.ROOT, "scripts", "segmentation", "train_segmentation.py")]
+    argv += TINY + ["--data-dir", voc, "--local-batch-size", "1", "--checkpoint-dir", ckpt,
+                    "--commit-interval", "8", "--epochs", "2"]
+    code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;2:2", np_start=1,
+                                                   min_np=1, max_np=2, timeout=230)
+    assert code == 0, output[-4000:]
+    index = json.load(open(os.path.join(ckpt, "fcn_resnet50_voc-latest.json")))
+    recipe_data.check_one_grow(output, index, num_train=8, local_batch_size=1, epochs=2)
