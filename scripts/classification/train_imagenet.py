@@ -30,7 +30,6 @@ and bias parameters, last-gamma initialisation, float16 with float32 master weig
 top-1/top-5 accuracy on the validation set.
 """
 import argparse
-import logging
 import os
 import re
 
@@ -39,8 +38,6 @@ import numpy as np
 from mxnet import gluon
 
 from gluon_elastic import flags, recipe
-
-logger = logging.getLogger("gluon_elastic.recipe")
 
 _RESNET_NAME = re.compile(r"^resnet\d+_v(1|2|1b|1c|1d|1e|1s)$")
 MEAN_RGB = (0.485, 0.456, 0.406)

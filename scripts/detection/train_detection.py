@@ -33,7 +33,6 @@ per image and averaged over the global batch.
 """
 import argparse
 import json
-import logging
 import os
 import re
 
@@ -42,8 +41,6 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from gluon_elastic import flags, recipe
-
-logger = logging.getLogger("gluon_elastic.recipe")
 
 _DETECTOR_NAME = re.compile(r"^(ssd|yolo3)_.*_(voc|coco|custom)$")
 MEAN_RGB = (0.485, 0.456, 0.406)

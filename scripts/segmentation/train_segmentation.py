@@ -26,7 +26,6 @@ Emulated 8 -> 128 -> 16 workers in one process::
         --emulate-schedule 0:8,16:128,33:16
 """
 import argparse
-import logging
 import os
 import re
 
@@ -35,8 +34,6 @@ import numpy as np
 from mxnet import gluon
 
 from gluon_elastic import flags, recipe
-
-logger = logging.getLogger("gluon_elastic.recipe")
 
 _SEGMENTATION_NAME = re.compile(r"^(fcn|deeplab)_resnet\d+_(voc|ade)$")
 MEAN_RGB = (0.485, 0.456, 0.406)
