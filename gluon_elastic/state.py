@@ -239,8 +239,13 @@ class ElasticState:
                 update |= kind
         # Flush MXNet's engine: the broadcast below must not overlap Horovod ops still queued.
         mx.nd.waitall()
-        previous, newest, update = backend.broadcast_object(
-            (self._last_updated_timestamp, newest, update), root_rank=0, name="host_updates")
+        # A fixed-shape array, not a pickled object: this broadcast runs at every check under
+        # one name, and Horovod's response cache must never see that name with another size
+        # (a pickled tuple grows when the first timestamp arrives; the stale cached size
+        # corrupted the receivers' memory).
+        view = mx.nd.array([self._last_updated_timestamp, newest, update], dtype="float64")
+        backend.broadcast_arrays([view], root_rank=0, name="host_updates")
+        previous, newest, update = (int(v) for v in view.asnumpy())
         self._last_updated_timestamp = newest
         if newest > previous:
             from horovod.common.exceptions import HostsUpdatedInterrupt
