@@ -239,10 +239,9 @@ class ElasticState:
                 update |= kind
         # Flush MXNet's engine: the broadcast below must not overlap Horovod ops still queued.
         mx.nd.waitall()
-        # A fixed-shape array, not a pickled object: this broadcast runs at every check under
-        # one name, and Horovod's response cache must never see that name with another size
-        # (a pickled tuple grows when the first timestamp arrives; the stale cached size
-        # corrupted the receivers' memory).
+        # A fixed-shape array rather than a pickled object: this broadcast runs at every check
+        # under one name, so its shape never changes and Horovod's response cache never has to
+        # invalidate the entry (a pickled tuple grows when the first timestamp arrives).
         view = mx.nd.array([self._last_updated_timestamp, newest, update], dtype="float64")
         backend.broadcast_arrays([view], root_rank=0, name="host_updates")
         previous, newest, update = (int(v) for v in view.asnumpy())
