@@ -15,8 +15,8 @@ SGD with momentum, CPU, one thread per process):
 step, so every step also rescales all momentum buffers). Each repetition times every variant in turn
 (interleaved, so drifting machine load hits all of them alike) over ``--steps`` iterations after
 ``--warmup`` untimed ones; the report gives the median over ``--repeats`` repetitions of iterations per
-second (forward, backward and step), of the time of ``step()`` alone, and their ratios to the
-reference trainer. Outputs: ``overhead.json`` and ``overhead.md`` under ``--out``, and the block
+second (forward, backward and step), of the time of ``step()`` alone, and of their ratios to the
+reference trainer, paired within each repetition (with the range over repetitions). Outputs: ``overhead.json`` and ``overhead.md`` under ``--out``, and the block
 between the ``overhead:begin``/``overhead:end`` markers of ``--readme``.
 """
 import argparse
@@ -51,11 +51,13 @@ def parse_args(argv=None):
     parser.add_argument("--local-batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6, help="timed iterations per repetition")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per repetition")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--parts", nargs="+", default=["single", "horovod"],
                         choices=["single", "horovod"])
     parser.add_argument("--horovod-timeout", type=float, default=900,
                         help="seconds before the horovodrun part is stopped")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rebuild the table and README block from OUT/overhead.json")
     parser.add_argument("--worker-json", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -202,15 +204,23 @@ def horovod_worker(args):
 
 
 def summarise(samples, reference):
-    """Medians and ratios to ``reference`` (a variant name)."""
-    ref_rate = statistics.median(samples[reference]["iterations_per_second"])
-    ref_step = statistics.median(samples[reference]["step_seconds"])
+    """Medians, and ratios to ``reference`` (a variant name) paired within each repetition.
+
+    The variants of one repetition ran back to back, so their ratio cancels most of the load that
+    other jobs put on the machine; the range of those per-repetition ratios shows what is left.
+    """
     rows = {}
     for name, values in samples.items():
-        rate = statistics.median(values["iterations_per_second"])
-        step = statistics.median(values["step_seconds"])
-        rows[name] = {"iterations_per_second": rate, "step_ms": 1000 * step,
-                      "rate_ratio": rate / ref_rate, "step_ratio": step / ref_step,
+        rate_ratios = [a / b for a, b in zip(values["iterations_per_second"],
+                                             samples[reference]["iterations_per_second"])]
+        step_ratios = [a / b for a, b in zip(values["step_seconds"],
+                                             samples[reference]["step_seconds"])]
+        rows[name] = {"iterations_per_second": statistics.median(values["iterations_per_second"]),
+                      "step_ms": 1000 * statistics.median(values["step_seconds"]),
+                      "rate_ratio": statistics.median(rate_ratios),
+                      "rate_ratio_range": [min(rate_ratios), max(rate_ratios)],
+                      "step_ratio": statistics.median(step_ratios),
+                      "step_ratio_range": [min(step_ratios), max(step_ratios)],
                       "iterations_per_second_all": values["iterations_per_second"]}
     return rows
 
@@ -218,18 +228,21 @@ def summarise(samples, reference):
 def markdown_table(results, args, command, machine):
     lines = ["Command: `%s`  " % command,
              "Machine: %s. Model %s, %dx%d images, per-worker batch %d, one thread per process; "
-             "median of %d repetitions of %d timed iterations (after %d untimed)."
-             % (machine, args.model, args.image_size, args.image_size, args.local_batch_size,
-                args.repeats, args.steps, args.warmup), "",
-             "| setting | trainer | iterations/s | ratio to reference | step() ms | step() ratio |",
+             "%d repetitions of %d timed iterations (after %d untimed). Ratios are to the first "
+             "trainer of each setting, paired within a repetition: median [min - max] over the "
+             "repetitions." % (machine, args.model, args.image_size, args.image_size,
+                               args.local_batch_size, args.repeats, args.steps, args.warmup), "",
+             "| setting | trainer | iterations/s (median) | iterations/s ratio | step() ms (median) "
+             "| step() ratio |",
              "|---|---|---|---|---|---|"]
     for part, title in (("single", "1 process"), ("horovod", "horovodrun -np 2 (Gloo)")):
         if part not in results:
             continue
         for name, row in results[part].items():
-            lines.append("| %s | %s | %.2f | %.3f | %.1f | %.2f |" % (
-                title, name, row["iterations_per_second"], row["rate_ratio"], row["step_ms"],
-                row["step_ratio"]))
+            lines.append("| %s | %s | %.2f | %.2f [%.2f - %.2f] | %.1f | %.2f [%.2f - %.2f] |" % (
+                title, name, row["iterations_per_second"], row["rate_ratio"],
+                row["rate_ratio_range"][0], row["rate_ratio_range"][1], row["step_ms"],
+                row["step_ratio"], row["step_ratio_range"][0], row["step_ratio_range"][1]))
     return "\n".join(lines)
 
 
@@ -246,6 +259,21 @@ def update_readme(path, block):
         fout.write(text)
 
 
+def write_reports(args, raw, command, machine, elapsed):
+    """Summaries, JSON, Markdown table and the README block from the raw timings."""
+    references = {"single": "gluon.Trainer", "horovod": "horovod DistributedTrainer"}
+    results = {part: summarise(samples, references[part]) for part, samples in raw.items()}
+    table = markdown_table(results, args, command, machine)
+    with open(os.path.join(args.out, "overhead.json"), "w") as fout:
+        json.dump({"command": command, "machine": machine, "args": vars(args),
+                   "elapsed_seconds": elapsed, "results": results, "raw": raw}, fout, indent=1)
+    with open(os.path.join(args.out, "overhead.md"), "w") as fout:
+        fout.write("# Trainer overhead\n\n" + table + "\n")
+    if args.readme:
+        update_readme(args.readme, table)
+    return table
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker_json:
@@ -255,27 +283,23 @@ def main(argv=None):
     from convergence import machine_description
 
     os.makedirs(args.out, exist_ok=True)
+    if args.render_only:
+        with open(os.path.join(args.out, "overhead.json")) as fin:
+            saved = json.load(fin)
+        for name in ("model", "image_size", "local_batch_size", "steps", "warmup", "repeats"):
+            setattr(args, name, saved["args"][name])
+        print(write_reports(args, saved["raw"], saved["command"], saved["machine"],
+                            saved["elapsed_seconds"]))
+        return 0
     tic = time.time()
-    raw, results = {}, {}
+    raw = {}
     if "single" in args.parts:
         raw["single"] = measure(args, "single")
-        results["single"] = summarise(raw["single"], "gluon.Trainer")
     if "horovod" in args.parts:
         raw["horovod"] = run_horovod_part(args)
-        results["horovod"] = summarise(raw["horovod"], "horovod DistributedTrainer")
-    command = "python benchmarks/overhead.py" + "".join(" " + a for a in (sys.argv[1:] if argv is None
-                                                                           else argv))
-    machine = machine_description()
-    table = markdown_table(results, args, command, machine)
-    with open(os.path.join(args.out, "overhead.json"), "w") as fout:
-        json.dump({"command": command, "machine": machine, "args": vars(args),
-                   "elapsed_seconds": time.time() - tic, "results": results, "raw": raw}, fout,
-                  indent=1)
-    with open(os.path.join(args.out, "overhead.md"), "w") as fout:
-        fout.write("# Trainer overhead\n\n" + table + "\n")
-    if args.readme:
-        update_readme(args.readme, table)
-    print(table)
+    command = "python benchmarks/overhead.py" + "".join(
+        " " + arg for arg in (sys.argv[1:] if argv is None else argv))
+    print(write_reports(args, raw, command, machine_description(), time.time() - tic))
     return 0
 
 
