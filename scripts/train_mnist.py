@@ -8,6 +8,14 @@ A 2-worker KVStore group on this machine:
 
     python -m gluon_elastic.launch -n 2 -s 1 -- python scripts/train_mnist.py --backend dist_sync
 
+Elastic KVStore (restart elasticity): the supervisor relaunches the group from the newest
+checkpoint when the discovery script's membership changes or a worker fails; the workers resume
+from --checkpoint-dir, save there on every commit and stop at an agreed step when asked:
+
+    python -m gluon_elastic.supervisor --host-discovery-script ./hosts.sh \
+        --checkpoint-dir /tmp/mnist_ckpt -- \
+        python scripts/train_mnist.py --backend dist_sync --checkpoint-dir /tmp/mnist_ckpt
+
 Elastic Horovod on this machine (workers join and leave as the discovery script says; run_main.sh
 generates one that goes 2 -> 3 -> 1 workers with the progress written to --progress-file):
 
@@ -33,6 +41,7 @@ from mxnet import autograd, gluon
 
 from gluon_elastic import ElasticTrainer, backends, flags
 from gluon_elastic.data import ElasticSampler, mnist_digits
+from gluon_elastic.restart import RestartAgent, default_checkpoint_dir
 from gluon_elastic.run import run
 from gluon_elastic.state import ElasticState
 
@@ -101,6 +110,15 @@ def train(args):
 
     state.register_reset_callbacks([quiet_unless_root])
     quiet_unless_root()
+    # Restart elasticity: resume from the newest checkpoint, save at every commit, and stop at a
+    # step all ranks agree on when gluon_elastic.supervisor asks (Horovod's driver does it in place).
+    agent = None
+    checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir()
+    if checkpoint_dir and not getattr(backend, "elastic_driver", False):
+        agent = RestartAgent(backend, state, checkpoint_dir=checkpoint_dir, commit_interval=None,
+                             check_interval=args.check_interval)
+        agent.restore()
+        state.register_commit_callbacks([agent.commit_callback])
     logger.info("backend %s, world %d, global batch %d, lr %.4g, %d training digits",
                 backend.name, trainer.world_size, trainer.global_batch_size,
                 trainer.learning_rate, len(train_y))
@@ -137,6 +155,8 @@ def train(args):
                     state.commit()
                 elif trainer.iteration % args.check_interval == 0:
                     state.check_host_updates()
+                if agent is not None and agent.after_step(trainer.iteration):
+                    return None, trainer.rank  # saved; the supervisor relaunches the group
             accuracy = evaluate(net, test_x, test_y)
             logger.info("Epoch[%d] done in %.1f s: train loss %.4f, test accuracy %.4f",
                         state.epoch, time.time() - tic, loss_sum / max(batches, 1), accuracy)
@@ -148,7 +168,9 @@ def train(args):
         return accuracy, trainer.rank
 
     accuracy, rank = fit(state)
-    if rank == 0:
+    if agent is not None:
+        agent.close()
+    if rank == 0 and accuracy is not None:
         logger.info("final test accuracy %.4f", accuracy)
     return accuracy
 
