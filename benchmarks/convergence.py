@@ -44,6 +44,7 @@ tables also replace the block between the ``convergence:begin``/``convergence:en
 """
 import argparse
 import csv
+import functools
 import json
 import math
 import multiprocessing
@@ -162,6 +163,14 @@ def evaluate(net, images, labels, batch_size=500):
     return correct / len(labels)
 
 
+@functools.lru_cache(maxsize=1)
+def load_digits():
+    """:func:`gluon_elastic.data.mnist_digits`, parsed once per process (it takes seconds)."""
+    from gluon_elastic.data import mnist_digits
+
+    return mnist_digits()
+
+
 def world_plan(schedule, num_epochs, static):
     """World size of every epoch (the first one throughout for a static world)."""
     from gluon_elastic.flags import world_at
@@ -177,11 +186,11 @@ def run_one(config):
 
     from gluon_elastic import ElasticTrainer, Schedule
     from gluon_elastic.backends import LocalBackend
-    from gluon_elastic.data import ElasticSampler, mnist_digits
+    from gluon_elastic.data import ElasticSampler
     from gluon_elastic.emulate import EmulatedWorkers
 
     tic = time.time()
-    train_x, train_y, test_x, test_y = mnist_digits()
+    train_x, train_y, test_x, test_y = load_digits()
     if config["train_samples"]:
         train_x, train_y = train_x[:config["train_samples"]], train_y[:config["train_samples"]]
     seed = config["seed"]
@@ -540,7 +549,7 @@ def main(argv=None):
     results = []
     _init_worker()  # inherited by the spawned processes before they import MXNet
     context = multiprocessing.get_context("spawn")
-    with context.Pool(args.jobs, initializer=_init_worker, maxtasksperchild=8) as pool:
+    with context.Pool(args.jobs, initializer=_init_worker) as pool:
         for done, result in enumerate(pool.imap_unordered(run_one, configs), 1):
             results.append(result)
             config = result["config"]
