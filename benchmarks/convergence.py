@@ -1,7 +1,6 @@
 """Convergence under elastic world changes: Dynamic SGD against its baselines on real MNIST digits.
 
-Regenerate every table, plot and raw number (32 minutes on a 2-core CPU shared with other jobs;
-about 10 on an idle one):
+Regenerate every table, plot and raw number (32 minutes on a 2-core CPU shared with other jobs):
 
     .venv/bin/python benchmarks/convergence.py
 
