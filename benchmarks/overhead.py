@@ -246,19 +246,6 @@ def markdown_table(results, args, command, machine):
     return "\n".join(lines)
 
 
-def update_readme(path, block):
-    with open(path) as fin:
-        text = fin.read()
-    generated = "%s\n%s\n%s" % (README_BEGIN, block, README_END)
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        text = head + generated + rest.split(README_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + generated + "\n"
-    with open(path, "w") as fout:
-        fout.write(text)
-
-
 def write_reports(args, raw, command, machine, elapsed):
     """Summaries, JSON, Markdown table and the README block from the raw timings."""
     references = {"single": "gluon.Trainer", "horovod": "horovod DistributedTrainer"}
@@ -270,7 +257,8 @@ def write_reports(args, raw, command, machine, elapsed):
     with open(os.path.join(args.out, "overhead.md"), "w") as fout:
         fout.write("# Trainer overhead\n\n" + table + "\n")
     if args.readme:
-        update_readme(args.readme, table)
+        from convergence import update_readme
+        update_readme(args.readme, table, README_BEGIN, README_END)
     return table
 
 
