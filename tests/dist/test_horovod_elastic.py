@@ -17,7 +17,6 @@ sample of every epoch trained exactly once in committed work, and exit code 0.
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -27,8 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WORKER = os.path.join(ROOT, "tests", "workers", "horovod_elastic.py")
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import discovery  # noqa: E402  pylint: disable=wrong-import-position
+from processes import kill_job  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.dist
 
@@ -65,34 +66,6 @@ class Job:
         return [latest[i] for i in sorted(latest)]
 
 
-def kill_job(proc, log_dir):
-    """Kill horovodrun and every worker it started, also those it left behind.
-
-    horovodrun starts each worker in a process group of its own; they are found as its
-    descendants and by the job's unique log directory on their command line.
-    """
-    import psutil
-
-    victims = []
-    try:
-        victims.extend(psutil.Process(proc.pid).children(recursive=True))
-    except psutil.NoSuchProcess:
-        pass
-    for candidate in psutil.process_iter(["cmdline"]):
-        if "--log-dir %s " % log_dir in " ".join(candidate.info["cmdline"] or ()) + " ":
-            victims.append(candidate)
-    for victim in victims:
-        try:
-            victim.kill()
-        except psutil.NoSuchProcess:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def run_job(tmp_path, np_start, min_np, max_np, schedule, exits, wait):
     log_dir = str(tmp_path)
     progress_file = os.path.join(log_dir, "progress")
@@ -116,7 +89,8 @@ def run_job(tmp_path, np_start, min_np, max_np, schedule, exits, wait):
     try:
         output, _ = proc.communicate(timeout=JOB_TIMEOUT)
     finally:
-        kill_job(proc, log_dir)
+        kill_job(proc, "--log-dir %s " % log_dir)
+        proc.wait()
     output = output.decode(errors="replace")
     with open(os.path.join(log_dir, "output.txt"), "w") as fout:
         fout.write(output)

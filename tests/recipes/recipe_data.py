@@ -220,13 +220,12 @@ def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_n
     (int, str)
         Exit code of horovodrun (None after a timeout) and its output.
     """
-    import signal
     import subprocess
 
-    import psutil
-
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
     import discovery
+    from processes import kill_job
 
     progress_file = os.path.join(work_dir, "progress")
     script = discovery.write_script(os.path.join(work_dir, "discover.sh"), schedule, progress_file)
@@ -248,23 +247,7 @@ def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_n
     except subprocess.TimeoutExpired:
         pass
     finally:
-        victims = []
-        try:
-            victims.extend(psutil.Process(proc.pid).children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
-        for candidate in psutil.process_iter(["cmdline"]):
-            if progress_file in " ".join(candidate.info["cmdline"] or ()):
-                victims.append(candidate)
-        for victim in victims:
-            try:
-                victim.kill()
-            except psutil.NoSuchProcess:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_job(proc, progress_file)
         if code is None:
             output = proc.communicate()[0]
         proc.wait()

@@ -157,7 +157,9 @@ def test_horovod_elastic_grow_one_to_two_workers(tmp_path):
     starts from rank 0's state. The rest of the epoch is split over the new world without repeating
     or skipping a sample, and the LR ramps to the doubled batch."""
     pytest.importorskip("horovod.mxnet")
-    rec_dir = recipe_data.make_imagenet_rec(str(tmp_path / "data"), num_train=32, num_val=8,
+    # 64 samples: enough steps after the threshold for the driver to notice the new host and
+    # the joining worker to start, also on a loaded machine.
+    rec_dir = recipe_data.make_imagenet_rec(str(tmp_path / "data"), num_train=64, num_val=8,
                                             classes=4, size=40)
     ckpt = str(tmp_path / "ckpt")
     argv = [os.path.join(recipe_data.ROOT, "scripts", "classification", "train_imagenet.py")]
@@ -167,4 +169,4 @@ def test_horovod_elastic_grow_one_to_two_workers(tmp_path):
                                                    min_np=1, max_np=2, timeout=230)
     assert code == 0, output[-4000:]
     index = json.load(open(os.path.join(ckpt, "resnet18_v1b-latest.json")))
-    recipe_data.check_one_grow(output, index, num_train=32, local_batch_size=2, epochs=2)
+    recipe_data.check_one_grow(output, index, num_train=64, local_batch_size=2, epochs=2)
