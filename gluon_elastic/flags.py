@@ -16,34 +16,22 @@ from .policy import BATCH_POLICIES, SCALING_RULES, SHRINK_MODES, TRANSITIONS
 __all__ = ["add_elastic_args", "trainer_kwargs", "parse_world_schedule", "world_at"]
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a positive integer, got %r" % text) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("expected a positive integer, got %r" % text)
-    return value
+def _bounded(convert, minimum, description):
+    """An argparse type: ``convert(text)``, at least ``minimum``, else ``description`` in the error."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("expected %s, got %r" % (description, text)) from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError("expected %s, got %r" % (description, text))
+        return value
+    return parse
 
 
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected an integer >= 0, got %r" % text) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("expected an integer >= 0, got %r" % text)
-    return value
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected a number >= 0, got %r" % text) from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("expected a number >= 0, got %r" % text)
-    return value
+_positive_int = _bounded(int, 1, "a positive integer")
+_non_negative_int = _bounded(int, 0, "an integer >= 0")
+_non_negative_float = _bounded(float, 0.0, "a number >= 0")
 
 
 def parse_world_schedule(text):
