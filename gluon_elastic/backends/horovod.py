@@ -3,8 +3,18 @@
 Gradients are all-reduced with ``op=Sum`` and the trainer divides by the global batch, which is
 read again at every step: unlike ``horovod.mxnet.DistributedTrainer``, no ``1/size`` is baked in at
 construction, so the normalisation stays right after the world changes in place.
+
+Broadcasts are all-reduce sums in which every rank but the root contributes zeros. Horovod
+0.28.1's own broadcast op is unsafe under MXNet: after queueing the op, ``EnqueueTensorBroadcast``
+logs the tensor's name, a string owned by the MXNet engine op, which the engine frees as soon as
+Horovod's background thread has completed the broadcast. When the engine thread is descheduled
+between the two (a loaded machine), the log line reads freed memory: the worker segfaults, or
+copies a garbage-sized string until it holds tens of GB. The all-reduce path builds its log line
+before queueing and is not affected; ``x + 0`` is exact, so the result is root's value bit for
+bit (a negative zero becomes a positive one, on every rank alike).
 """
 import os
+import pickle
 
 from .base import Backend
 
@@ -62,21 +72,41 @@ class HorovodBackend(Backend):
             # Priority follows the reverse order of backward, as in horovod.mxnet.
             self._hvd.allreduce_(grads[0], average=False, name="grad.%d" % index, priority=-index)
 
+    def _broadcast_inplace(self, array, root_rank, name):
+        """Overwrite ``array`` with root's value: an all-reduce sum with zeros off the root."""
+        if self._hvd.rank() != root_rank:
+            array[:] = 0
+        self._hvd.allreduce_(array, average=False, name=name)
+
     def broadcast_parameters(self, params, root_rank=0):
         for param in params:
             # Horovod cannot read an array that MKLDNN has re-laid out (conv weights after a
             # forward pass: "We can't generate TBlob for MKLDNN data"); a copy has the default
             # layout. set_data writes the result to every context's copy.
             value = param.data().copy()
-            self._hvd.broadcast_(value, root_rank=root_rank, name="param." + param.name)
+            self._broadcast_inplace(value, root_rank, "param." + param.name)
             param.set_data(value)
 
     def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
         for index, array in enumerate(arrays):
-            self._hvd.broadcast_(array, root_rank=root_rank, name="%s.%d" % (name, index))
+            self._broadcast_inplace(array, root_rank, "%s.%d" % (name, index))
 
     def broadcast_object(self, obj, root_rank=0, name="object"):
-        return self._hvd.broadcast_object(obj, root_rank=root_rank, name=name)
+        import mxnet as mx
+        import numpy as np
+
+        is_root = self._hvd.rank() == root_rank
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if is_root else b""
+        size = mx.nd.array([len(payload)], dtype="int64")
+        self._broadcast_inplace(size, root_rank, name + ".size")
+        num_bytes = int(size.asscalar())
+        if is_root:
+            data = mx.nd.array(np.frombuffer(payload, dtype=np.uint8), dtype="uint8")
+        else:
+            data = mx.nd.zeros((num_bytes,), dtype="uint8")
+        self._broadcast_inplace(data, root_rank, name + ".data")
+        received = data.asnumpy().tobytes()
+        return obj if is_root else pickle.loads(received)
 
     def allgather_object(self, obj, name="gather"):
         return self._hvd.allgather_object(obj, name=name)
