@@ -77,6 +77,7 @@ def build_model(args, seed):
 
 def make_variants(args, part):
     """``[(name, net, trainer, on_start)]`` for ``part``; ``on_start(trainer)`` runs before timing."""
+    import mxnet as mx
     from mxnet import gluon
 
     from gluon_elastic import ElasticTrainer
@@ -101,15 +102,15 @@ def make_variants(args, part):
     else:
         import horovod.mxnet as hvd
 
+        from gluon_elastic.backends.horovod import HorovodBackend
+
         hvd.init()
         net = build_model(args, 0)
         params = net.collect_params()
-        # hvd.broadcast_parameters fails on arrays that MKLDNN re-laid out during the first
-        # forward pass ("can't generate TBlob for MKLDNN data"): broadcast plain copies instead.
-        for index, param in enumerate(params.values()):
-            plain = param.data().copy()
-            hvd.broadcast_(plain, root_rank=0, name="init.%d" % index)
-            plain.copyto(param.data())
+        # Not hvd.broadcast_parameters: it fails on arrays that MKLDNN re-laid out, and Horovod's
+        # broadcast op can read freed memory under MXNet (see gluon_elastic/backends/horovod.py).
+        HorovodBackend().broadcast_parameters(list(params.values()))
+        mx.nd.waitall()  # the trainers below broadcast under the same names
         variants.append(("horovod DistributedTrainer", net,
                          hvd.DistributedTrainer(params, "sgd", dict(optimizer_params)), keep))
         backend_name = "horovod"

@@ -239,12 +239,8 @@ class ElasticState:
                 update |= kind
         # Flush MXNet's engine: the broadcast below must not overlap Horovod ops still queued.
         mx.nd.waitall()
-        # A fixed-shape array rather than a pickled object: this broadcast runs at every check
-        # under one name, so its shape never changes and Horovod's response cache never has to
-        # invalidate the entry (a pickled tuple grows when the first timestamp arrives). With
-        # the pickled tuple, a worker crashed (segfault, heap corruption) a few steps after a
-        # membership change in about half of the main job's runs on this machine; with the
-        # fixed shape, in none of the runs since.
+        # One fixed-shape array rather than a pickled object: a single collective per check
+        # (an object costs two: its size, then its bytes).
         view = mx.nd.array([self._last_updated_timestamp, newest, update], dtype="float64")
         backend.broadcast_arrays([view], root_rank=0, name="host_updates")
         previous, newest, update = (int(v) for v in view.asnumpy())

@@ -37,20 +37,3 @@ def kill_job(proc, marker):
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-# Exit statuses by which horovodrun reports a worker that crashed in native code or was killed
-# by the kernel (segfault, abort, out-of-memory kill), as opposed to a Python failure.
-_CRASH_MARKS = ("exit with status code 139", "exit with status code 134", "Segmentation fault",
-                "Out of memory")
-
-
-def native_crash(output, planned_kills=0):
-    """Whether a failed horovodrun job's ``output`` shows a native crash of a worker.
-
-    ``planned_kills`` SIGKILLs (status 137) are part of the test's own schedule; any further one
-    counts as a crash (the kernel's out-of-memory killer also sends SIGKILL).
-    """
-    if any(mark in output for mark in _CRASH_MARKS):
-        return True
-    return output.count("exit with status code 137") > planned_kills

@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 
@@ -30,7 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import discovery  # noqa: E402  pylint: disable=wrong-import-position
-from processes import kill_job, native_crash  # noqa: E402  pylint: disable=wrong-import-position
+from processes import kill_job  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.dist
 
@@ -67,25 +66,9 @@ class Job:
         return [latest[i] for i in sorted(latest)]
 
 
-def run_job(tmp_path, np_start, min_np, max_np, schedule, exits, wait):
-    """Run one job; rerun it once, in a fresh directory, if a worker crashed in native code.
-
-    Workers of MXNet 1.9.1 under elastic Horovod have segfaulted after a reset on this machine
-    (cause not found; see run.py). The rerun keeps that known crash from failing the suite
-    while it stays rare; the warning records it, and a second crash or any other failure fails.
-    """
-    job = _run_job_once(os.path.join(str(tmp_path), "attempt1"), np_start, min_np, max_np,
-                        schedule, exits, wait)
-    if job.returncode != 0 and native_crash(job.output, planned_kills=exits.count("kill")):
-        warnings.warn("elastic Horovod job crashed in native code; rerunning it once:\n"
-                      + job.output[-1500:])
-        job = _run_job_once(os.path.join(str(tmp_path), "attempt2"), np_start, min_np, max_np,
-                            schedule, exits, wait)
-    return job
-
-
-def _run_job_once(log_dir, np_start, min_np, max_np, schedule, exits, wait):
-    os.makedirs(log_dir)
+def run_job(log_dir, np_start, min_np, max_np, schedule, exits, wait):
+    """Run one elastic horovodrun job to its end; every process it started is killed after."""
+    os.makedirs(log_dir, exist_ok=True)
     progress_file = os.path.join(log_dir, "progress")
     script = discovery.write_script(os.path.join(log_dir, "discover.sh"), schedule, progress_file)
     command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--gloo",
@@ -117,13 +100,13 @@ def _run_job_once(log_dir, np_start, min_np, max_np, schedule, exits, wait):
 
 @pytest.fixture(scope="module")
 def resize_job(tmp_path_factory):
-    return run_job(tmp_path_factory.mktemp("resize"), 2, 1, 3, RESIZE_SCHEDULE, RESIZE_EXITS,
+    return run_job(str(tmp_path_factory.mktemp("resize")), 2, 1, 3, RESIZE_SCHEDULE, RESIZE_EXITS,
                    wait=True)
 
 
 @pytest.fixture(scope="module")
 def kill_root_job(tmp_path_factory):
-    return run_job(tmp_path_factory.mktemp("kill_root"), 3, 1, 3, KILL_ROOT_SCHEDULE,
+    return run_job(str(tmp_path_factory.mktemp("kill_root")), 3, 1, 3, KILL_ROOT_SCHEDULE,
                    KILL_ROOT_EXITS, wait=False)
 
 

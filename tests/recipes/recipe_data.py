@@ -209,34 +209,6 @@ def parse_log(text):
 
 
 def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_np, timeout=200):
-    """Run a recipe job (:func:`_run_horovod_elastic_once`); rerun it once after a native crash.
-
-    Workers of MXNet 1.9.1 under elastic Horovod have crashed in native code on this machine
-    (segfaults; once an out-of-memory kill), cause not found. The rerun starts from scratch (its
-    checkpoint directory emptied) and a warning records the crash; a second crash or any other
-    failure is returned as it is.
-    """
-    import shutil
-    import warnings
-
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from processes import native_crash
-
-    code, output = _run_horovod_elastic_once(work_dir, recipe_argv, schedule, np_start, min_np,
-                                             max_np, timeout)
-    if code not in (0, None) and native_crash(output):
-        warnings.warn("elastic Horovod recipe job crashed in native code; rerunning it once:\n"
-                      + output[-1500:])
-        if "--checkpoint-dir" in recipe_argv:
-            shutil.rmtree(recipe_argv[recipe_argv.index("--checkpoint-dir") + 1],
-                          ignore_errors=True)
-        code, output = _run_horovod_elastic_once(work_dir, recipe_argv, schedule, np_start,
-                                                 min_np, max_np, timeout)
-    return code, output
-
-
-def _run_horovod_elastic_once(work_dir, recipe_argv, schedule, np_start, min_np, max_np,
-                              timeout):
     """Run a recipe under elastic ``horovodrun`` with schedule-driven discovery on this machine.
 
     ``schedule`` is a :mod:`scripts/discovery.py` schedule over the samples trained, which rank 0
@@ -256,16 +228,14 @@ def _run_horovod_elastic_once(work_dir, recipe_argv, schedule, np_start, min_np,
     from processes import kill_job
 
     progress_file = os.path.join(work_dir, "progress")
-    if os.path.exists(progress_file):  # a rerun starts from sample 0
-        os.remove(progress_file)
     script = discovery.write_script(os.path.join(work_dir, "discover.sh"), schedule, progress_file)
     command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--gloo",
                "-np", str(np_start), "--min-np", str(min_np), "--max-np", str(max_np),
                "--host-discovery-script", script, "--network-interface", "lo",
                sys.executable] + list(recipe_argv) + ["--backend", "horovod",
                                                       "--progress-file", progress_file]
-    # MXNet 1.9.1's MKLDNN kernels crashed (segfaults, corrupted shapes) in elastic Horovod jobs
-    # on this machine; the project's elastic jobs run with MKLDNN off.
+    # Plain CPU kernels, as in tests/dist/test_horovod_elastic.py: these jobs check the recipes'
+    # elastic behaviour, not MKLDNN.
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT,
                HOROVOD_GLOO_TIMEOUT_SECONDS="120", MXNET_MKLDNN_ENABLED="0")
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -148,7 +148,8 @@ def test_ssd_two_kvstore_workers(voc_dir, tmp_path):
 
 @pytest.mark.dist
 @pytest.mark.timeout(260)
-def test_yolo3_horovod_elastic_grow_one_to_two_workers(tmp_path):
+@pytest.mark.parametrize("model", ["ssd_300_mobilenet0.25_voc", "yolo3_mobilenet0.25_voc"])
+def test_horovod_elastic_grow_one_to_two_workers(tmp_path, model):
     """Elastic horovodrun: 1 worker, a second joins once 4 images are trained (the change lands
     when the driver has noticed it, in either epoch); YOLOv3 alternates its 7-input training graph
     and its 1-input inference graph across the epochs."""
@@ -156,11 +157,10 @@ def test_yolo3_horovod_elastic_grow_one_to_two_workers(tmp_path):
     voc = recipe_data.make_voc_detection(str(tmp_path / "data"), num_train=48, num_val=4, size=64)
     ckpt = str(tmp_path / "ckpt")
     argv = [os.path.join(recipe_data.ROOT, "scripts", "detection", "train_detection.py")]
-    argv += TINY + ["--data-dir", voc, "--train-splits", "2007_trainval", "--model",
-                    "yolo3_mobilenet0.25_voc", "--checkpoint-dir", ckpt, "--commit-interval", "8",
-                    "--epochs", "2"]
+    argv += TINY + ["--data-dir", voc, "--train-splits", "2007_trainval", "--model", model,
+                    "--checkpoint-dir", ckpt, "--commit-interval", "8", "--epochs", "2"]
     code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;4:2", np_start=1,
                                                    min_np=1, max_np=2, timeout=230)
     assert code == 0, output[-4000:]
-    index = json.load(open(os.path.join(ckpt, "yolo3_mobilenet0.25_voc-latest.json")))
+    index = json.load(open(os.path.join(ckpt, model + "-latest.json")))
     recipe_data.check_one_grow(output, index, num_train=48, local_batch_size=2, epochs=2)
