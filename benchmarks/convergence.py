@@ -329,12 +329,10 @@ def markdown_tables(table, args, machine, command, elapsed):
                 args.warmup_samples, args.seeds, args.spike_window, args.peak_window,
                 args.spike_window), ""]
     for schedule_name in args.schedules:
-        schedule = SCHEDULES[schedule_name]
-        num_epochs = scaled_epochs(schedule_name, args)[1]
-        worlds = " → ".join("%d (epoch %d)" % (w, e) for e, w in scaled_epochs(schedule_name, args)[0])
+        scaled, num_epochs = scaled_epochs(schedule_name, args)
+        worlds = " → ".join("%d (epoch %d)" % (w, e) for e, w in scaled)
         lines += ["### Schedule `%s`: world %s, %d epochs" % (schedule_name, worlds, num_epochs), ""]
         for lr in args.lrs:
-            scaled = scaled_epochs(schedule_name, args)[0]
             header = ["method", "final test acc (%)"]
             for change_epoch in change_epochs(scaled, num_epochs):
                 label = describe_change(scaled, change_epoch)

@@ -43,27 +43,57 @@ DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# --------------------------------------------------------------------------------------- worker
-def run_worker(args):
-    """One worker of the resize benchmark (run by the supervisor)."""
+# --------------------------------------------------------------------------------------- model
+def resnet50_job(args, kvstore):
+    """ResNet-50 v1b with an ElasticTrainer (SGD with momentum) and one step on random images.
+
+    Returns
+    -------
+    (net, trainer, step)
+        ``step()`` trains one step, waits for it, and returns its ``(start, end)`` times.
+    """
     import mxnet as mx
-    t_mx = time.time()
     from mxnet import autograd, gluon
     from gluoncv.model_zoo import resnet50_v1b
 
-    from gluon_elastic import ElasticTrainer, backends
-    from gluon_elastic.restart import RestartAgent, generation, launch_time
-    from gluon_elastic.state import ElasticState
+    from gluon_elastic import ElasticTrainer
 
-    gen = generation()
-    backend = backends.create("dist_sync")
     net = resnet50_v1b(pretrained=False)
     net.initialize(mx.init.Xavier())
     shape = (args.local_batch_size, 3, args.image_size, args.image_size)
     net(mx.nd.zeros(shape))
     trainer = ElasticTrainer(net.collect_params(), "sgd",
                              {"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-4},
-                             kvstore=backend, local_batch_size=args.local_batch_size)
+                             kvstore=kvstore, local_batch_size=args.local_batch_size)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    data = mx.nd.random.uniform(shape=shape)
+    label = mx.nd.array([i % 1000 for i in range(args.local_batch_size)])
+
+    def step():
+        tic = time.time()
+        with autograd.record():
+            loss = loss_fn(net(data), label)
+        loss.backward()
+        trainer.step(args.local_batch_size)
+        mx.nd.waitall()
+        return tic, time.time()
+
+    return net, trainer, step
+
+
+# --------------------------------------------------------------------------------------- worker
+def run_worker(args):
+    """One worker of the resize benchmark (run by the supervisor)."""
+    import mxnet as mx
+    t_mx = time.time()
+
+    from gluon_elastic import backends
+    from gluon_elastic.restart import RestartAgent, generation, launch_time
+    from gluon_elastic.state import ElasticState
+
+    gen = generation()
+    backend = backends.create("dist_sync")
+    net, trainer, step = resnet50_job(args, backend)
     state = ElasticState(net, trainer)
     agent = RestartAgent(backend, state, commit_interval=None)
     mx.nd.waitall()
@@ -77,18 +107,9 @@ def run_worker(args):
               "started": WORKER_STARTED, "t_mx": t_mx, "t_init": t_init,
               "restored_step": loaded.step if loaded else None, "load_seconds": load_seconds,
               "steps": []}
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    data = mx.nd.random.uniform(shape=shape)
-    label = mx.nd.array([i % 1000 for i in range(args.local_batch_size)])
     steps_here = 0
     while True:
-        tic = time.time()
-        with autograd.record():
-            loss = loss_fn(net(data), label)
-        loss.backward()
-        trainer.step(args.local_batch_size)
-        mx.nd.waitall()
-        record["steps"].append([tic, time.time()])
+        record["steps"].append(list(step()))
         steps_here += 1
         if rank == 0 and steps_here == args.steps:
             open(os.path.join(args.log_dir, "gen-%d.ready" % gen), "w").close()
@@ -173,36 +194,17 @@ def run_resize(args):
 
 # -------------------------------------------------------------------------------------- save cost
 def run_save_cost(args):
-    import mxnet as mx
-    from mxnet import autograd, gluon
-    from gluoncv.model_zoo import resnet50_v1b
-
-    from gluon_elastic import ElasticTrainer
     from gluon_elastic.restart import RestartAgent
     from gluon_elastic.state import ElasticState
 
-    net = resnet50_v1b(pretrained=False)
-    net.initialize(mx.init.Xavier())
-    shape = (args.local_batch_size, 3, args.image_size, args.image_size)
-    net(mx.nd.zeros((1,) + shape[1:]))
-    trainer = ElasticTrainer(net.collect_params(), "sgd",
-                             {"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-4},
-                             kvstore="device", local_batch_size=args.local_batch_size)
+    net, trainer, timed_step = resnet50_job(args, "device")
     state = ElasticState(net, trainer)
     work = tempfile.mkdtemp(prefix="kvstore_save_cost_")
     agent = RestartAgent(trainer.backend, state, checkpoint_dir=work, commit_interval=None)
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    data = mx.nd.random.uniform(shape=shape)
-    label = mx.nd.array([i % 1000 for i in range(args.local_batch_size)])
 
     def step():
-        tic = time.time()
-        with autograd.record():
-            loss = loss_fn(net(data), label)
-        loss.backward()
-        trainer.step(args.local_batch_size)
-        mx.nd.waitall()
-        return time.time() - tic
+        tic, toc = timed_step()
+        return toc - tic
 
     step()  # warm-up (memory allocation, MKLDNN layouts)
     step_seconds = [step() for _ in range(args.steps)]

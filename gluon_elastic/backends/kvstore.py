@@ -69,8 +69,6 @@ class KVStoreBackend(Backend):
     def allgather_object(self, obj, name="gather"):
         # Each rank writes its pickled object into its own slot of a zero buffer; the sum over
         # workers is then the concatenation. Lengths are gathered first the same way.
-        import mxnet as mx
-
         payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
         lengths = self._sum_slots(np.array([payload.size], dtype=np.float64), 1)
         width = int(lengths.max())

@@ -17,7 +17,7 @@ WORKER = os.path.join(ROOT, "tests", "workers", "horovod_broadcast.py")
 sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from horovod_broadcast import LONG_NAME, rank_values  # noqa: E402,F401  pylint: disable=wrong-import-position
+from horovod_broadcast import rank_values  # noqa: E402  pylint: disable=wrong-import-position
 from processes import kill_job  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.dist
