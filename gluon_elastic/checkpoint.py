@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-__all__ = ["CheckpointManager", "CheckpointError", "write_checkpoint", "read_checkpoint"]
+__all__ = ["CheckpointManager", "CheckpointError", "read_checkpoint"]
 
 logger = logging.getLogger("gluon_elastic")
 
@@ -55,25 +55,6 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
-def write_checkpoint(path, state):
-    """Write ``state`` to ``path`` atomically (temporary file, flush, fsync, rename).
-
-    Parameters
-    ----------
-    path : str
-        Final file name.
-    state : object
-        Picklable state (a dict of plain values, numpy arrays and bytes).
-
-    Returns
-    -------
-    int
-        Size of the file in bytes.
-    """
-    payload = pickle.dumps(state, protocol=5)
-    return _write_payload(path, payload)
-
-
 def _write_payload(path, payload):
     directory = os.path.dirname(os.path.abspath(path))
     header = _HEADER.pack(MAGIC, FILE_VERSION, len(payload), hashlib.sha256(payload).digest())
@@ -96,7 +77,7 @@ def _write_payload(path, payload):
 
 
 def read_checkpoint(path):
-    """Read and verify a file written by :func:`write_checkpoint`.
+    """Read and verify a file written by :meth:`CheckpointManager.save`.
 
     Raises
     ------

@@ -12,13 +12,9 @@ calls :meth:`ElasticSampler.record` after a step.
 """
 import numpy as np
 
+from .policy import split_evenly
+
 __all__ = ["ElasticSampler", "split_evenly", "record_part", "ElasticRecordIter"]
-
-
-def split_evenly(count, parts):
-    """Split ``count`` items into ``parts`` sizes that differ by at most one, larger ones first."""
-    base, extra = divmod(count, parts)
-    return [base + (1 if index < extra else 0) for index in range(parts)]
 
 
 class ElasticSampler:
@@ -88,9 +84,19 @@ class ElasticSampler:
         gradients). The cursor is local to the iterator: :meth:`record` moves the committed
         position, and a new iterator starts from it.
         """
-        if not 0 <= rank < len(local_batch_sizes):
-            raise ValueError("rank %r out of range for %d local batch sizes"
-                             % (rank, len(local_batch_sizes)))
+        for parts, global_batch_size in self.iter_steps(local_batch_sizes, [rank]):
+            yield parts[0], global_batch_size
+
+    def iter_steps(self, local_batch_sizes, ranks):
+        """Like :meth:`iter_batches` for several ``ranks`` at once (emulated workers).
+
+        Yields ``([indices of each rank in ranks], global_batch_size)``; the epoch's order is
+        computed once for all of them.
+        """
+        for rank in ranks:
+            if not 0 <= rank < len(local_batch_sizes):
+                raise ValueError("rank %r out of range for %d local batch sizes"
+                                 % (rank, len(local_batch_sizes)))
         order = self.order()
         global_batch_size = sum(local_batch_sizes)
         cursor = self.processed
@@ -98,8 +104,8 @@ class ElasticSampler:
             chunk = order[cursor:cursor + global_batch_size]
             sizes = (local_batch_sizes if len(chunk) == global_batch_size
                      else split_evenly(len(chunk), len(local_batch_sizes)))
-            start = sum(sizes[:rank])
-            yield chunk[start:start + sizes[rank]], len(chunk)
+            starts = np.concatenate([[0], np.cumsum(sizes)])
+            yield [chunk[starts[rank]:starts[rank] + sizes[rank]] for rank in ranks], len(chunk)
             cursor += len(chunk)
 
     def record(self, global_batch_size):

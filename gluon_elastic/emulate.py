@@ -58,9 +58,9 @@ class EmulatedWorkers:
                 loss = loss_fn(rank, shard)
             loss.backward()
             losses.append(loss)
-            if rank == 0:
+            if rank == 0 and len(shards) > 1:
                 saved_aux = [[d.copy() for d in p.list_data()] for p in self._aux]
-        if saved_aux is not None and len(shards) > 1:
+        if saved_aux is not None:
             for param, copies in zip(self._aux, saved_aux):
                 for dest, src in zip(param.list_data(), copies):
                     src.copyto(dest)

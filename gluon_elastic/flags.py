@@ -5,33 +5,37 @@
     args = parser.parse_args()
     trainer = ElasticTrainer(params, "sgd", {...}, **gluon_elastic.flags.trainer_kwargs(args))
 
-Validation happens at parse time, so a bad value ends the program with argparse's usage message
-and exit code 2 before anything is written. Imports no MXNet.
+Each value is checked at parse time, so a bad one ends the program with argparse's usage message
+and exit code 2 before anything is written; :func:`trainer_kwargs` raises ``ValueError`` for
+contradictory flags, which callers turn into ``parser.error``. Imports no MXNet.
 """
 import argparse
 
 from .backends import BACKEND_NAMES
 from .policy import BATCH_POLICIES, SCALING_RULES, SHRINK_MODES, TRANSITIONS
 
-__all__ = ["add_elastic_args", "trainer_kwargs", "parse_world_schedule", "world_at"]
+__all__ = ["add_elastic_args", "trainer_kwargs", "parse_world_schedule", "world_at",
+           "positive_int", "non_negative_int", "positive_float", "non_negative_float"]
 
 
-def _bounded(convert, minimum, description):
-    """An argparse type: ``convert(text)``, at least ``minimum``, else ``description`` in the error."""
+def _bounded(convert, minimum, description, inclusive=True):
+    """An argparse type: ``convert(text)``, at least (or above) ``minimum``, else an error."""
     def parse(text):
         try:
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError("expected %s, got %r" % (description, text)) from None
-        if not value >= minimum:
+        if not (value >= minimum if inclusive else value > minimum):
             raise argparse.ArgumentTypeError("expected %s, got %r" % (description, text))
         return value
     return parse
 
 
-_positive_int = _bounded(int, 1, "a positive integer")
-_non_negative_int = _bounded(int, 0, "an integer >= 0")
-_non_negative_float = _bounded(float, 0.0, "a number >= 0")
+# argparse types shared by every command line of the project.
+positive_int = _bounded(int, 1, "a positive integer")
+non_negative_int = _bounded(int, 0, "an integer >= 0")
+positive_float = _bounded(float, 0.0, "a number > 0", inclusive=False)
+non_negative_float = _bounded(float, 0.0, "a number >= 0")
 
 
 def parse_world_schedule(text):
@@ -74,34 +78,34 @@ def add_elastic_args(parser, local_batch_size=32, lr=0.1):
     group.add_argument("--backend", default="device", choices=BACKEND_NAMES,
                        help="local/device: one process; dist_sync/dist_device_sync: KVStore group "
                             "(start with gluon_elastic.launch); horovod: horovodrun (default: device)")
-    group.add_argument("--local-batch-size", type=_positive_int, default=local_batch_size,
+    group.add_argument("--local-batch-size", type=positive_int, default=local_batch_size,
                        help="per-worker batch with --batch-policy fixed_local (default: %(default)s)")
-    group.add_argument("--global-batch-size", type=_positive_int, default=None,
+    group.add_argument("--global-batch-size", type=positive_int, default=None,
                        help="global batch with --batch-policy fixed_global")
     group.add_argument("--batch-policy", default="fixed_local", choices=BATCH_POLICIES,
                        help="fixed_local: per-worker batch fixed, global batch follows the world "
                             "(the paper); fixed_global: global batch fixed (default: %(default)s)")
-    group.add_argument("--base-batch-size", type=_positive_int, default=None,
+    group.add_argument("--base-batch-size", type=positive_int, default=None,
                        help="global batch at which --lr holds (default: the starting world's)")
-    group.add_argument("--lr", type=_non_negative_float, default=lr,
+    group.add_argument("--lr", type=non_negative_float, default=lr,
                        help="base learning rate at --base-batch-size (default: %(default)s)")
     group.add_argument("--scaling", default="linear", choices=SCALING_RULES,
                        help="LR scaling rule with the global batch (default: %(default)s)")
     group.add_argument("--transition", default="dynamic", choices=TRANSITIONS,
                        help="dynamic: Dynamic SGD ramp over T iterations; immediate: jump "
                             "(default: %(default)s)")
-    group.add_argument("--ramp-iters", type=_non_negative_int, default=None,
+    group.add_argument("--ramp-iters", type=non_negative_int, default=None,
                        help="ramp length T in iterations (default: 8 per unit of k)")
-    group.add_argument("--ramp-per-k", type=_non_negative_float, default=None,
+    group.add_argument("--ramp-per-k", type=non_negative_float, default=None,
                        help="ramp length T = ramp_per_k * max(k, 1/k) iterations (default: 8)")
     group.add_argument("--shrink", default="immediate", choices=SHRINK_MODES,
                        help="on a shrinking world: cut the LR at once, or ramp (default: %(default)s)")
     group.add_argument("--no-momentum-correction", dest="momentum_correction",
                        action="store_false",
                        help="keep MXNet's v-form momentum when the LR changes (no rescaling)")
-    group.add_argument("--commit-interval", type=_positive_int, default=20,
+    group.add_argument("--commit-interval", type=positive_int, default=20,
                        help="steps between commits of the elastic state (default: %(default)s)")
-    group.add_argument("--check-interval", type=_positive_int, default=1,
+    group.add_argument("--check-interval", type=positive_int, default=1,
                        help="steps between membership checks (default: %(default)s)")
     group.add_argument("--checkpoint-dir", default=None,
                        help="where saved state lives (restart elasticity and resumption)")

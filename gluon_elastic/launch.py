@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from .flags import positive_int
+
 __all__ = ["Group", "free_port", "main"]
 
 
@@ -181,8 +183,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m gluon_elastic.launch",
         description="Run an MXNet KVStore group (scheduler, servers, workers) on this machine.")
-    parser.add_argument("-n", "--num-workers", type=int, required=True, help="worker processes")
-    parser.add_argument("-s", "--num-servers", type=int, default=1, help="server processes")
+    parser.add_argument("-n", "--num-workers", type=positive_int, required=True,
+                        help="worker processes")
+    parser.add_argument("-s", "--num-servers", type=positive_int, default=1,
+                        help="server processes")
     parser.add_argument("--timeout", type=float, default=None,
                         help="stop the group after this many seconds (exit code 124)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
@@ -192,10 +196,6 @@ def parse_args(argv=None):
         args.command = args.command[1:]
     if not args.command:
         parser.error("give the worker command after '--'")
-    if args.num_workers < 1:
-        parser.error("--num-workers must be >= 1, got %d" % args.num_workers)
-    if args.num_servers < 1:
-        parser.error("--num-servers must be >= 1, got %d" % args.num_servers)
     return args
 
 

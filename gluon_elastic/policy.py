@@ -19,7 +19,7 @@ import math
 
 __all__ = [
     "SCALING_RULES", "BATCH_POLICIES", "TRANSITIONS", "SHRINK_MODES",
-    "lr_scale", "BatchPolicy", "Transition",
+    "lr_scale", "split_evenly", "BatchPolicy", "Transition",
 ]
 
 SCALING_RULES = ("none", "linear", "sqrt")
@@ -66,6 +66,12 @@ def lr_scale(rule, global_batch_size, base_batch_size):
     return 1.0
 
 
+def split_evenly(count, parts):
+    """Split ``count`` items into ``parts`` sizes that differ by at most one, larger ones first."""
+    base, extra = divmod(count, parts)
+    return [base + (1 if index < extra else 0) for index in range(parts)]
+
+
 class BatchPolicy:
     """How batch sizes follow the world size.
 
@@ -107,9 +113,7 @@ class BatchPolicy:
 
     def local_batch_sizes(self, world_size):
         """Per-rank batch sizes, a list of ``world_size`` integers summing to the global batch."""
-        global_batch_size = self.global_batch_size(world_size)
-        base, extra = divmod(global_batch_size, world_size)
-        return [base + (1 if rank < extra else 0) for rank in range(world_size)]
+        return split_evenly(self.global_batch_size(world_size), world_size)
 
     def __repr__(self):
         size = self._local_batch_size if self.name == "fixed_local" else self._global_batch_size

@@ -150,7 +150,8 @@ def add_run_args(parser, log_interval=20, num_data_workers=4):
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
                        help="auto: GPU local_rank when there is one, else CPU")
-    group.add_argument("--num-data-workers", type=int, default=num_data_workers,
+    group.add_argument("--num-data-workers", type=_flags.non_negative_int,
+                       default=num_data_workers,
                        help="data loader processes per worker (default: %(default)s)")
     group.add_argument("--log-interval", type=int, default=log_interval,
                        help="steps between progress lines on rank 0 (default: %(default)s)")
@@ -354,12 +355,10 @@ class ElasticLoop:
         """Yield ``(per-rank index lists, global batch size)`` for the rest of the epoch."""
         local_batch_sizes = self.trainer.batch_policy.local_batch_sizes(self.trainer.world_size)
         full = sum(local_batch_sizes)
-        iterators = [self.sampler.iter_batches(local_batch_sizes, rank) for rank in self._ranks()]
-        for parts in zip(*iterators):
-            global_batch_size = parts[0][1]
+        for parts, global_batch_size in self.sampler.iter_steps(local_batch_sizes, self._ranks()):
             if global_batch_size < full:
                 return
-            yield [list(indices) for indices, _ in parts], global_batch_size
+            yield [list(indices) for indices in parts], global_batch_size
 
     def train_epoch(self, epoch, state):
         """Train the rest of ``epoch``; returns ``(mean loss, samples, seconds)`` of this call."""
@@ -400,8 +399,8 @@ class ElasticLoop:
             if is_root and self.args.progress_file:
                 _write_progress(self.args.progress_file, self.trainer.progress)
             if self.trainer.iteration % self.args.commit_interval == 0:
-                state.commit()
-            if self.trainer.iteration % self.args.check_interval == 0:
+                state.commit()  # checks for membership changes too
+            elif self.trainer.iteration % self.args.check_interval == 0:
                 state.check_host_updates()
         mx.nd.waitall()
         return loss_sum / max(loss_count, 1), samples, time.time() - tic
@@ -459,6 +458,8 @@ def run_loop(loop):
     from .state import ElasticState
 
     state = ElasticState(loop.net, loop.trainer, loop.sampler)
+    # A reset can move rank 0 to another process: progress follows it.
+    state.register_reset_callbacks([lambda: setup_logging(loop.trainer.rank)])
     return elastic_run(loop.run)(state)
 
 
@@ -473,8 +474,6 @@ def prepare(parser, args, num_train_samples):
     import mxnet as mx
 
     check_elastic_args(parser, args, num_train_samples, args.epochs)
-    if args.num_data_workers < 0:
-        parser.error("--num-data-workers must be >= 0, got %d" % args.num_data_workers)
     backend = create_backend(args)
     setup_logging(backend.rank)
     try:

@@ -32,7 +32,7 @@ read, and the agent only saves, resumes and prints nothing.
 Saved work is exactly-once: a checkpoint holds the sampler position of the step it was taken at,
 and a group that dies rolls back to it, redoing only the steps after it.
 
-Every ``GLUON_ELASTIC_*`` variable the supervisor sets is read in this module.
+Every ``GLUON_ELASTIC_*`` variable the supervisor sets is named in :data:`ENV` below.
 """
 import logging
 import os
@@ -265,14 +265,12 @@ class RestartAgent:
     def commit_callback(self, state):
         """For ``ElasticState.register_commit_callbacks``: save at a commit (background write).
 
-        Within the overhead budget, as for the commit interval. The step is the trainer's
-        iteration when the state carries a trainer, else a count of commits.
+        Within the overhead budget, as for the commit interval; the step is the trainer's
+        iteration.
         """
         if self.checkpoints is None or (self.backend.rank == 0 and not self._save_due()):
             return
-        trainer = getattr(state, "trainer", None)
-        step = trainer.iteration if trainer is not None else (self.last_saved_step or 0) + 1
-        self.save(step, blocking=False)
+        self.save(state.trainer.iteration, blocking=False)
 
     # ---------------------------------------------------------------------------- the loop
     def heartbeat(self, step, force=False):

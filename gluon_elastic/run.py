@@ -193,7 +193,7 @@ def run(func):
     @functools.wraps(func)
     def wrapper(state, *args, **kwargs):
         backend = state.trainer.backend
-        if not getattr(backend, "elastic_driver", False):
+        if not backend.elastic_driver:
             state.sync()
             result = func(state, *args, **kwargs)
             mx.nd.waitall()

@@ -118,7 +118,6 @@ class ElasticState:
             ``{"format", "version", "params": {name: ndarray}, "trainer": bytes,
             "sampler": dict or None, "user": dict}``.
         """
-        mx.nd.waitall()
         return {"format": STATE_FORMAT, "version": STATE_VERSION,
                 "params": {p.name: p.data().asnumpy() for p in self.params},
                 "trainer": self.trainer.states_bytes(),
@@ -186,26 +185,24 @@ class ElasticState:
     def sync(self):
         """Make every rank hold rank 0's live state.
 
-        Parameters (auxiliary included) and momentum travel as arrays; the trainer's elastic and
-        optimizer counters, the sampler position, the user values and the reset count travel as
-        one object. The trainer then applies the transition from the world of rank 0's state to
+        Parameters (auxiliary included) and every optimizer state array (momentum, fp32 master
+        weights...) travel as arrays; the trainer's elastic and optimizer counters, the sampler
+        position, the user values and the reset count travel as one object. The trainer then applies the transition from the world of rank 0's state to
         the current one.
         """
         backend = self.trainer.backend
         mx.nd.waitall()
         backend.broadcast_parameters(self.params, root_rank=0)
-        backend.broadcast_arrays(self.trainer.momentum_arrays(), root_rank=0, name="momentum")
-        optimizer = self.trainer._optimizer  # pylint: disable=protected-access
-        meta = backend.broadcast_object({
+        backend.broadcast_arrays(self.trainer.optimizer_state_arrays(), root_rank=0,
+                                 name="optimizer_states")
+        meta = backend.broadcast_object(dict({
             "elastic": self.trainer.elastic_state_dict(),
-            "num_update": optimizer.num_update,
-            "index_update_count": dict(optimizer._index_update_count),  # pylint: disable=protected-access
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "user": self.user_values(),
-            "generation": self.generation}, root_rank=0, name="elastic_state")
+            "generation": self.generation}, **self.trainer.optimizer_counters()),
+            root_rank=0, name="elastic_state")
         mx.nd.waitall()
-        optimizer.num_update = meta["num_update"]
-        optimizer._index_update_count = dict(meta["index_update_count"])  # pylint: disable=protected-access
+        self.trainer.load_optimizer_counters(meta)
         self.trainer.load_elastic_state_dict(meta["elastic"])
         if self.sampler is not None and meta["sampler"] is not None:
             self.sampler.load_state_dict(meta["sampler"])
@@ -226,7 +223,7 @@ class ElasticState:
         the combined kind (bit 1: slots removed, bit 2: slots added) for the reset that follows.
         """
         backend = self.trainer.backend
-        if not getattr(backend, "elastic_driver", False):
+        if not backend.elastic_driver:
             return
         newest, update = self._last_updated_timestamp, 0
         while True:
@@ -249,7 +246,8 @@ class ElasticState:
             from horovod.common.exceptions import HostsUpdatedInterrupt
 
             self.last_host_update = update
-            # Only removals: the survivors hold the same state, so no sync is needed.
+            # skip_sync as Horovod's own states set it (only removals); gluon_elastic.run.run
+            # syncs after every reset regardless, since BatchNorm statistics drift between ranks.
             raise HostsUpdatedInterrupt(update == HOSTS_REMOVED)
 
     # ------------------------------------------------------------------------------ callbacks

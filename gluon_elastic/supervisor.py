@@ -60,6 +60,7 @@ import sys
 import threading
 import time
 
+from .flags import non_negative_int, positive_float, positive_int
 from .launch import Group
 from .restart import ENV, PROGRESS_MARKER, SAVE_REQUEST, STOPPED_MARKER
 
@@ -154,7 +155,6 @@ class SupervisedGroup(Group):
         self._local_names = local_names if local_names is not None else _local_names()
         self.started_at = None
         self.last_progress = {}     # worker name -> time.monotonic() of its last marker
-        self.progress_step = {}     # worker name -> last step it reported
         self.stopped_workers = set()
         self.stop_requested_at = None
         self.stop_requested_wall = None
@@ -201,7 +201,6 @@ class SupervisedGroup(Group):
             line = raw.decode("utf-8", "replace")
             if line.startswith(PROGRESS_MARKER):
                 self.last_progress[worker] = time.monotonic()
-                self.progress_step[worker] = line[len(PROGRESS_MARKER):].strip()
                 continue
             if line.startswith(STOPPED_MARKER):
                 self.last_progress[worker] = time.monotonic()
@@ -245,13 +244,9 @@ class SupervisedGroup(Group):
                 pass
         super().stop(grace)
 
-    def alive(self):
-        """Pids of processes of this group still running."""
-        return [proc.pid for proc in self.procs.values() if proc.poll() is None]
-
 
 class Outcome:
-    """How a generation ended: ``kind`` in {'done', 'resize', 'failed'} and a ``reason``."""
+    """How a generation ended: ``kind`` in {'done', 'resize', 'failed', 'interrupted'}, a ``reason``."""
 
     def __init__(self, kind, reason="", code=0, hosts=None):
         self.kind = kind
@@ -508,27 +503,27 @@ def parse_args(argv=None):
         description="Run an elastic MXNet KVStore job: relaunch the group from saved state when "
                     "its membership changes or a worker fails.")
     members = parser.add_mutually_exclusive_group(required=True)
-    members.add_argument("-n", "--num-workers", type=int,
+    members.add_argument("-n", "--num-workers", type=positive_int,
                          help="a fixed group of this many workers on this machine")
     members.add_argument("-H", "--hosts", help="fixed membership, HOST:SLOTS[,HOST:SLOTS...]")
     members.add_argument("--host-discovery-script",
                          help="command (split like a shell would) printing HOST:SLOTS lines, "
                               "run every --discovery-interval seconds")
-    parser.add_argument("-s", "--num-servers", type=int, default=1, help="server processes")
+    parser.add_argument("-s", "--num-servers", type=positive_int, default=1, help="server processes")
     parser.add_argument("--checkpoint-dir", default=None,
                         help="checkpoint directory, passed to the workers (shared by all hosts)")
-    parser.add_argument("--max-restarts", type=int, default=3,
+    parser.add_argument("--max-restarts", type=non_negative_int, default=3,
                         help="relaunches after failures before giving up (default: %(default)s)")
-    parser.add_argument("--progress-timeout", type=float, default=30.0,
+    parser.add_argument("--progress-timeout", type=positive_float, default=30.0,
                         help="seconds without progress from a worker before the group is killed "
                              "and relaunched (default: %(default)s)")
-    parser.add_argument("--start-timeout", type=float, default=120.0,
+    parser.add_argument("--start-timeout", type=positive_float, default=120.0,
                         help="seconds from spawn to a worker's first progress marker "
                              "(default: %(default)s)")
-    parser.add_argument("--discovery-interval", type=float, default=1.0,
+    parser.add_argument("--discovery-interval", type=positive_float, default=1.0,
                         help="seconds between discovery runs (default: %(default)s)")
-    parser.add_argument("--min-workers", type=int, default=1, help="wait for this many slots")
-    parser.add_argument("--max-workers", type=int, default=None, help="use at most this many")
+    parser.add_argument("--min-workers", type=positive_int, default=1, help="wait for this many slots")
+    parser.add_argument("--max-workers", type=positive_int, default=None, help="use at most this many")
     parser.add_argument("--root-uri", default=None,
                         help="scheduler address reachable from every host (default: loopback "
                              "when all hosts are local, else this machine's address)")
@@ -541,8 +536,6 @@ def parse_args(argv=None):
         args.command = args.command[1:]
     if not args.command:
         parser.error("give the worker command after '--'")
-    if args.num_workers is not None and args.num_workers < 1:
-        parser.error("--num-workers must be >= 1, got %d" % args.num_workers)
     if args.hosts is not None:
         try:
             args.host_list = parse_hosts(args.hosts, source="--hosts")

@@ -140,9 +140,6 @@ class ElasticTrainer(gluon.Trainer):
 
         super().__init__(params, optimizer, optimizer_params, kvstore=self._backend.kvstore,
                          compression_params=compression_params, update_on_kvstore=False)
-        if self._optimizer.lr_scheduler is not None:
-            raise ValueError("lr_scheduler: ElasticTrainer sets the LR itself every step; pass "
-                             "schedule=gluon_elastic.Schedule(...) instead of an MXNet lr_scheduler")
 
         self.iteration = 0          # optimizer steps taken
         self.progress = 0           # samples trained (sum of global batches)
@@ -252,14 +249,20 @@ class ElasticTrainer(gluon.Trainer):
 
     # ------------------------------------------------------------------------------------ step
     def _init_eagerly(self):
-        """Create the store, broadcast rank 0's parameters and the optimizer states, then barrier."""
+        """Create the store, broadcast rank 0's parameters and the optimizer states, then barrier.
+
+        Does nothing once done (every entry point calls it: parameters with deferred shapes
+        delay it past the constructor).
+        """
+        if self._kv_initialized and not self._params_to_init:
+            return
         if not self._kv_initialized:
             self._init_kvstore()
         if self._params_to_init:
             self._init_params()
         # Under an elastic driver a worker may be constructed while the others are running:
         # gluon_elastic.state.ElasticState.sync() does the broadcast, no collective runs here.
-        collectives = not getattr(self._backend, "elastic_driver", False)
+        collectives = not self._backend.elastic_driver
         if self._kvstore is None and collectives:
             self._backend.broadcast_parameters(self._params)
         self._create_optimizer_states()
@@ -306,6 +309,32 @@ class ElasticTrainer(gluon.Trainer):
                     arrays.append(state)
         return arrays
 
+    def optimizer_state_arrays(self):
+        """Every array of the optimizer states (momentum, fp32 master weights, Adam moments...)."""
+        arrays = []
+
+        def collect(state):
+            if isinstance(state, mx.nd.NDArray):
+                arrays.append(state)
+            elif isinstance(state, (tuple, list)):
+                for part in state:
+                    collect(part)
+
+        for updater in self._updaters:
+            for index in sorted(updater.states):
+                collect(updater.states[index])
+        return arrays
+
+    def optimizer_counters(self):
+        """The optimizer's update counters (they drive its bias corrections and ``num_update``)."""
+        return {"num_update": self._optimizer.num_update,
+                "index_update_count": dict(self._optimizer._index_update_count)}  # pylint: disable=protected-access
+
+    def load_optimizer_counters(self, counters):
+        """Restore what :meth:`optimizer_counters` returned."""
+        self._optimizer.num_update = counters["num_update"]
+        self._optimizer._index_update_count = dict(counters["index_update_count"])  # pylint: disable=protected-access
+
     def _apply_lr(self, lr):
         if self._correct_momentum and self._last_lr is not None and lr != self._last_lr:
             if self._last_lr == 0:
@@ -342,8 +371,7 @@ class ElasticTrainer(gluon.Trainer):
         elif global_batch_size <= 0:
             raise ValueError("global_batch_size must be > 0, got %r" % (global_batch_size,))
         lr = self.learning_rate
-        if not self._kv_initialized or self._params_to_init:
-            self._init_eagerly()
+        self._init_eagerly()
         self._apply_lr(lr)
         reduced_over = self.world_size if self._backend.grad_reduction == "mean" else 1
         self._optimizer.rescale_grad = self._scale * reduced_over / global_batch_size
@@ -354,8 +382,7 @@ class ElasticTrainer(gluon.Trainer):
 
     def allreduce_grads(self):
         """Reduce gradients over devices and workers (see :meth:`mxnet.gluon.Trainer.allreduce_grads`)."""
-        if not self._kv_initialized or self._params_to_init:
-            self._init_eagerly()
+        self._init_eagerly()
         self._allreduce_grads()
 
     def _allreduce_grads(self):
@@ -388,14 +415,13 @@ class ElasticTrainer(gluon.Trainer):
 
     def states_bytes(self):
         """Optimizer and elastic state, serialised (the payload of :meth:`save_states`)."""
-        if not self._kv_initialized or self._params_to_init:
-            self._init_eagerly()
+        self._init_eagerly()
         mx.nd.waitall()
-        return pickle.dumps({"format": STATE_FORMAT, "version": STATE_VERSION,
-                             "elastic": self.elastic_state_dict(),
-                             "optimizer_states": self._updaters[0].get_states(dump_optimizer=False),
-                             "num_update": self._optimizer.num_update,
-                             "index_update_count": dict(self._optimizer._index_update_count)})
+        return pickle.dumps(dict({"format": STATE_FORMAT, "version": STATE_VERSION,
+                                  "elastic": self.elastic_state_dict(),
+                                  "optimizer_states": self._updaters[0].get_states(
+                                      dump_optimizer=False)},
+                                 **self.optimizer_counters()))
 
     def load_states_bytes(self, payload, source="<bytes>"):
         """Restore what :meth:`states_bytes` produced."""
@@ -409,12 +435,10 @@ class ElasticTrainer(gluon.Trainer):
         if state["version"] > STATE_VERSION:
             raise ValueError("%s has state version %r; this gluon_elastic reads up to %d"
                              % (source, state["version"], STATE_VERSION))
-        if not self._kv_initialized or self._params_to_init:
-            self._init_eagerly()
+        self._init_eagerly()
         for updater in self._updaters:
             updater.set_states(state["optimizer_states"])
-        self._optimizer.num_update = state["num_update"]
-        self._optimizer._index_update_count = dict(state["index_update_count"])
+        self.load_optimizer_counters(state)
         self.load_elastic_state_dict(state["elastic"])
 
     def save_states(self, fname):

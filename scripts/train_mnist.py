@@ -61,7 +61,15 @@ def parse_args(argv=None):
                         help="rank 0 rewrites this file with the samples trained after every step "
                              "(read by scripts/discovery.py)")
     flags.add_elastic_args(parser, local_batch_size=32, lr=0.05)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.emulate_schedule is not None:
+        parser.error("--emulate-schedule is for the recipes under scripts/; this job runs real "
+                     "workers")
+    try:
+        flags.trainer_kwargs(args)  # contradictory elastic flags: a usage error, not a traceback
+    except ValueError as err:
+        parser.error(str(err))
+    return args
 
 
 def build_net():
@@ -114,7 +122,7 @@ def train(args):
     # step all ranks agree on when gluon_elastic.supervisor asks (Horovod's driver does it in place).
     agent = None
     checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir()
-    if checkpoint_dir and not getattr(backend, "elastic_driver", False):
+    if checkpoint_dir and not backend.elastic_driver:
         agent = RestartAgent(backend, state, checkpoint_dir=checkpoint_dir, commit_interval=None,
                              check_interval=args.check_interval)
         agent.restore()
@@ -139,7 +147,7 @@ def train(args):
                     loss = loss_fn(net(data), label)
                 loss.backward()
                 trainer.step(global_batch_size=global_batch_size)
-                loss_sum += loss.mean().asscalar()  # also waits for the step to finish
+                loss_sum += loss.mean().asscalar()
                 sampler.record(global_batch_size)
                 samples += global_batch_size
                 batches += 1

@@ -21,14 +21,16 @@ class Backend:
         size accordingly, so the applied update is always the mean over the global batch.
     kvstore : mxnet.kvstore.KVStore or None
         Store handed to :class:`mxnet.gluon.Trainer`; None when the backend reduces by itself.
-    elastic_in_place : bool
-        Whether the world can change without restarting the processes.
+    elastic_driver : bool
+        True when an elastic driver (``horovodrun --host-discovery-script``) runs the job: a
+        worker may join a running job, so the trainer's constructor runs no collective and
+        :meth:`gluon_elastic.state.ElasticState.check_host_updates` asks for membership changes.
     """
 
     name = "base"
     grad_reduction = "sum"
     kvstore = None
-    elastic_in_place = False
+    elastic_driver = False
 
     @property
     def rank(self):
@@ -50,6 +52,13 @@ class Backend:
 
     def broadcast_parameters(self, params, root_rank=0):
         """Overwrite the values of ``params`` (a list of Gluon Parameters) with root's."""
+        # Neither Horovod nor the dist KVStore can read an array that MKLDNN has re-laid out
+        # (conv weights after a forward pass); a copy has the default layout. set_data writes
+        # the result to every context's copy.
+        values = [param.data().copy() for param in params]
+        self.broadcast_arrays(values, root_rank=root_rank, name="param")
+        for param, value in zip(params, values):
+            param.set_data(value)
 
     def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
         """Overwrite ``arrays`` (a list of NDArrays, same shapes on every rank) with root's."""

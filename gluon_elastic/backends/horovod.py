@@ -26,18 +26,13 @@ class HorovodBackend(Backend):
 
     Calls ``hvd.init()`` unless Horovod is already initialised.
 
-    Attributes
-    ----------
-    elastic_driver : bool
-        True under ``horovodrun --host-discovery-script`` (``HOROVOD_ELASTIC=1``): a worker may
-        join a running job, whose members are then inside ``ElasticState.sync()``, so the
-        trainer's constructor must run no collective; the state's sync brings it up to date.
+    ``elastic_driver`` is True under ``horovodrun --host-discovery-script``
+    (``HOROVOD_ELASTIC=1``): a joining worker's state comes from ``ElasticState.sync()``.
     """
 
     name = "horovod"
     grad_reduction = "sum"
     kvstore = None
-    elastic_in_place = True
 
     def __init__(self):
         import horovod.mxnet as hvd
@@ -77,15 +72,6 @@ class HorovodBackend(Backend):
         if self._hvd.rank() != root_rank:
             array[:] = 0
         self._hvd.allreduce_(array, average=False, name=name)
-
-    def broadcast_parameters(self, params, root_rank=0):
-        for param in params:
-            # Horovod cannot read an array that MKLDNN has re-laid out (conv weights after a
-            # forward pass: "We can't generate TBlob for MKLDNN data"); a copy has the default
-            # layout. set_data writes the result to every context's copy.
-            value = param.data().copy()
-            self._broadcast_inplace(value, root_rank, "param." + param.name)
-            param.set_data(value)
 
     def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
         for index, array in enumerate(arrays):

@@ -26,7 +26,6 @@ class KVStoreBackend(Backend):
     """
 
     grad_reduction = "sum"
-    elastic_in_place = False
 
     def __init__(self, kvstore="dist_sync"):
         import mxnet as mx

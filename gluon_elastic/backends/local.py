@@ -21,7 +21,6 @@ class LocalBackend(Backend):
 
     name = "local"
     grad_reduction = "sum"
-    elastic_in_place = True
 
     def __init__(self, kvstore="device", world_size=1):
         if kvstore not in ("device", "local", None):
@@ -35,6 +34,9 @@ class LocalBackend(Backend):
     @property
     def world_size(self):
         return self._world_size
+
+    def broadcast_parameters(self, params, root_rank=0):
+        """Nothing to do: every emulated worker shares this process's parameters."""
 
     def set_world_size(self, world_size):
         """Change the number of emulated workers (takes effect at the next step)."""

@@ -59,14 +59,14 @@ def build_parser():
                         help="directory with train.rec/.idx and val.rec/.idx")
     parser.add_argument("--synthetic", action="store_true",
                         help="generated images instead of --data-dir (throughput runs)")
-    parser.add_argument("--synthetic-samples", type=int, default=12800,
+    parser.add_argument("--synthetic-samples", type=flags.positive_int, default=12800,
                         help="training images per epoch with --synthetic (default: %(default)s)")
     parser.add_argument("--model", default="resnet50_v1b", help="a ResNet of the GluonCV model zoo")
-    parser.add_argument("--classes", type=int, default=1000, help="number of classes")
-    parser.add_argument("--input-size", type=int, default=224, help="training crop size")
+    parser.add_argument("--classes", type=flags.positive_int, default=1000, help="number of classes")
+    parser.add_argument("--input-size", type=flags.positive_int, default=224, help="training crop size")
     parser.add_argument("--crop-ratio", type=float, default=0.875,
                         help="validation: center crop / resized short side")
-    parser.add_argument("--epochs", type=int, default=90)
+    parser.add_argument("--epochs", type=flags.positive_int, default=90)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--wd", type=float, default=1e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
@@ -91,9 +91,6 @@ def parse_args(argv=None):
     if args.model not in model_names():
         parser.error("--model %r is not a ResNet of the GluonCV model zoo; valid: %s"
                      % (args.model, ", ".join(model_names())))
-    for name in ("epochs", "classes", "input_size", "synthetic_samples"):
-        if getattr(args, name) <= 0:
-            parser.error("--%s must be > 0, got %r" % (name.replace("_", "-"), getattr(args, name)))
     if not args.synthetic:
         missing = [name for name in ("train.rec", "train.idx", "val.rec", "val.idx")
                    if not os.path.isfile(os.path.join(args.data_dir, name))]

@@ -72,12 +72,12 @@ def build_parser():
     parser.add_argument("--val-splits", default=None, help="voc: 2007_test; coco: val2017")
     parser.add_argument("--synthetic", action="store_true",
                         help="generated images with random boxes instead of --data-dir")
-    parser.add_argument("--synthetic-samples", type=int, default=1024)
+    parser.add_argument("--synthetic-samples", type=flags.positive_int, default=1024)
     parser.add_argument("--model", default="ssd_512_resnet50_v1_voc",
                         help="an SSD or YOLOv3 model of the GluonCV model zoo")
     parser.add_argument("--data-shape", type=int, default=None,
                         help="input side in pixels (default: from the model name; 416 for YOLOv3)")
-    parser.add_argument("--epochs", type=int, default=240)
+    parser.add_argument("--epochs", type=flags.positive_int, default=240)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--wd", type=float, default=5e-4)
     recipe.add_run_args(parser, log_interval=20)
@@ -105,9 +105,6 @@ def parse_args(argv=None):
     if args.model not in model_names():
         parser.error("--model %r is not an SSD or YOLOv3 model of the GluonCV model zoo; valid: %s"
                      % (args.model, ", ".join(model_names())))
-    for name in ("epochs", "synthetic_samples"):
-        if getattr(args, name) <= 0:
-            parser.error("--%s must be > 0" % name.replace("_", "-"))
     args.data_shape = args.data_shape or default_data_shape(args.model)
     if args.data_shape < 32:
         parser.error("--data-shape must be >= 32, got %d" % args.data_shape)

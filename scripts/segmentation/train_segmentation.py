@@ -58,15 +58,15 @@ def build_parser():
                         help="folder holding VOC2012 (voc) or ADEChallengeData2016 (ade20k)")
     parser.add_argument("--synthetic", action="store_true",
                         help="generated images and masks instead of --data-dir")
-    parser.add_argument("--synthetic-samples", type=int, default=512)
+    parser.add_argument("--synthetic-samples", type=flags.positive_int, default=512)
     parser.add_argument("--model", default="fcn_resnet50_voc",
                         help="an FCN or DeepLabV3 model of the GluonCV model zoo")
-    parser.add_argument("--base-size", type=int, default=520, help="base of random rescaling")
-    parser.add_argument("--crop-size", type=int, default=480, help="training and validation crop")
+    parser.add_argument("--base-size", type=flags.positive_int, default=520, help="base of random rescaling")
+    parser.add_argument("--crop-size", type=flags.positive_int, default=480, help="training and validation crop")
     parser.add_argument("--no-aux", dest="aux", action="store_false",
                         help="no auxiliary FCN head on stage 3")
     parser.add_argument("--aux-weight", type=float, default=0.5)
-    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--epochs", type=flags.positive_int, default=50)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--wd", type=float, default=1e-4)
     recipe.add_run_args(parser, log_interval=20)
@@ -98,9 +98,6 @@ def parse_args(argv=None):
     if args.dataset != model_dataset:
         parser.error("--model %s predicts the %s classes; it cannot train on --dataset %s"
                      % (args.model, model_dataset, args.dataset))
-    for name in ("epochs", "synthetic_samples", "base_size", "crop_size"):
-        if getattr(args, name) <= 0:
-            parser.error("--%s must be > 0" % name.replace("_", "-"))
     if args.crop_size % 8:
         parser.error("--crop-size must be a multiple of 8 (the backbone's output stride), got %d"
                      % args.crop_size)

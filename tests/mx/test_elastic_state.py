@@ -194,8 +194,10 @@ def test_sync_broadcasts_everything_and_applies_rank_0s_values():
     backend.calls.clear()
     state.sync()
     names = [p.name for p in net.collect_params().values()]
-    assert backend.calls == [("params", names), ("momentum", len(trainer.momentum_arrays())),
+    assert backend.calls == [("params", names),
+                             ("optimizer_states", len(trainer.optimizer_state_arrays())),
                              ("object", "elastic_state")]
+    assert len(trainer.optimizer_state_arrays()) == len(trainer.momentum_arrays()) > 0
     assert any(name.endswith("running_var") for name in backend.calls[0][1])
     assert (trainer.iteration, trainer.progress) == (5, 20)
     assert (sampler.epoch, sampler.processed) == (2, 12)
@@ -268,7 +270,7 @@ def test_run_without_elastic_driver_syncs_once_and_calls_once():
 
     backend.calls.clear()
     assert train(state, 5) == "done"
-    assert calls == [(0, 5, ["params", "momentum", "object"])]
+    assert calls == [(0, 5, ["params", "optimizer_states", "object"])]
 
 
 def test_horovod_errors_from_mxnet_are_translated():

@@ -214,3 +214,24 @@ def test_update_is_not_available():
     trainer = ElasticTrainer(dense().collect_params(), "sgd", local_batch_size=2)
     with pytest.raises(NotImplementedError, match="step"):
         trainer.update(2)
+
+
+@pytest.mark.parametrize("optimizer, params, dtype, per_param", [
+    ("adam", {"learning_rate": 0.1}, "float32", 2),                         # mean, variance
+    ("sgd", {"learning_rate": 0.1, "momentum": 0.9, "multi_precision": True}, "float16", 2),
+    ("sgd", {"learning_rate": 0.1, "momentum": 0.9}, "float32", 1),
+])
+def test_optimizer_state_arrays_hold_every_state_array(optimizer, params, dtype, per_param):
+    """What ElasticState.sync sends: every array of every state, not only the momentum."""
+    net = gluon.nn.Dense(1, in_units=3)
+    net.initialize(mx.init.Constant(1.0))
+    net.cast(dtype)
+    trainer = ElasticTrainer(net.collect_params(), optimizer, params, local_batch_size=2)
+    arrays = trainer.optimizer_state_arrays()
+    assert len(arrays) == 2 * per_param   # weight and bias
+    assert len(trainer.momentum_arrays()) == 2
+    if dtype == "float16":
+        # (momentum, fp32 master weight) per parameter, all float32; the weight's master sums
+        # to 3 (three ones), the bias's and both momenta to 0.
+        assert [str(np.dtype(a.dtype)) for a in arrays] == ["float32"] * 4
+        assert sorted(float(a.asnumpy().sum()) for a in arrays) == [0.0, 0.0, 0.0, 3.0]
