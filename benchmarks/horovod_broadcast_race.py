@@ -7,7 +7,8 @@ Each repeat runs ``horovodrun --gloo -np 1`` on tests/workers/horovod_broadcast.
 the cores. Horovod 0.28.1's ``broadcast_`` logs the tensor's name after queueing the op, and the
 MXNet engine frees that name once the op completes: a worker whose engine thread is descheduled
 in between reads freed memory (see gluon_elastic/backends/horovod.py). HorovodBackend broadcasts
-with all-reduce sums instead. A repeat counts as a crash when the worker exits non-zero.
+with all-reduce sums instead. A repeat counts as a crash when the worker exits non-zero, or does
+not finish within ``--seconds`` + 120 s (``timeout``); every process of a repeat is killed after it.
 """
 import argparse
 import json
@@ -15,33 +16,37 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "horovod_broadcast.py")
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from processes import run_horovodrun  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def run_once(horovod_broadcast, seconds):
     """One stress job; returns (crashed, wall seconds, how it ended)."""
-    command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--gloo", "-np", "1",
-               "-H", "localhost:1", "--network-interface", "lo", sys.executable, WORKER, "stress",
-               "--seconds", str(seconds)] + (["--horovod-broadcast"] if horovod_broadcast else [])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    # The tag marks the job's processes on their command lines, so all of them can be killed.
+    marker = "horovod_broadcast_race-%s" % uuid.uuid4().hex
+    argv = [sys.executable, WORKER, "stress", "--seconds", str(seconds), "--tag", marker]
+    argv += ["--horovod-broadcast"] if horovod_broadcast else []
     tic = time.time()
     # A freed name of garbage length can make the worker copy tens of GB before it dies: a
     # limit on its address space turns that into an abort.
-    proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=seconds + 120, preexec_fn=lambda: _limit_memory(6 << 30),
-                          check=False)
-    output = proc.stdout.decode(errors="replace")
-    if "Segmentation fault" in output:
+    code, output = run_horovodrun(1, argv, seconds + 120, marker,
+                                  preexec_fn=lambda: _limit_memory(6 << 30))
+    if code is None:
+        how = "timeout"
+    elif "Segmentation fault" in output:
         how = "segfault"
     elif "status code 134" in output or "Aborted" in output:
         how = "abort"
-    elif proc.returncode != 0:
-        how = "exit %d" % proc.returncode
+    elif code != 0:
+        how = "exit %d" % code
     else:
         how = "ok"
-    return proc.returncode != 0, time.time() - tic, how
+    return code != 0, time.time() - tic, how
 
 
 def _limit_memory(num_bytes):

@@ -1,11 +1,19 @@
-"""Clean-up of the process trees that multi-process tests start.
+"""Start and clean up the process trees of multi-process tests and benchmarks.
 
 horovodrun starts each worker in a process group of its own and may leave some behind, so a job is
 ended by killing the descendants of its launcher, every process whose command line carries the
 job's unique marker (a log directory or progress file of the test), and the launcher's group.
+Processes that carry no marker on their command line (the scheduler and servers of a KVStore group
+run ``python -c "import mxnet"``) are found by a token in their environment instead.
 """
+import json
 import os
 import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def kill_job(proc, marker):
@@ -37,3 +45,184 @@ def kill_job(proc, marker):
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def processes_with_token(var, token):
+    """Pids of live processes whose environment carries ``var=token``.
+
+    Parameters
+    ----------
+    var : str
+        Name of the environment variable.
+    token : str
+        Its value, unique to one test run.
+
+    Returns
+    -------
+    list of int
+        Zombies are left out: they are dead, only not yet reaped.
+    """
+    needle = ("%s=%s" % (var, token)).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:  # other users' processes are unreadable, and any may exit while we look
+            with open("/proc/%s/environ" % entry, "rb") as fin:
+                if needle in fin.read().split(b"\0"):
+                    with open("/proc/%s/stat" % entry) as stat:
+                        if stat.read().split(")")[-1].split()[0] != "Z":
+                            found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def kill_processes_with_token(var, token, grace=0.5):
+    """SIGKILL every process that carries ``var=token`` still alive after ``grace`` seconds.
+
+    Parameters
+    ----------
+    var, token : str
+        As for :func:`processes_with_token`.
+    grace : float
+        Time a process that was just stopped gets to finish exiting before it counts as left
+        behind.
+
+    Returns
+    -------
+    list of int
+        The pids that were killed: a test asserts it is empty.
+    """
+    time.sleep(grace)
+    leftovers = processes_with_token(var, token)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return leftovers
+
+
+def json_lines(text, key=None):
+    """The JSON objects of ``text``, one per line that holds one, after any prefix.
+
+    Parameters
+    ----------
+    text : str
+        Output in which launchers put a prefix such as ``[1,0]<stdout>:`` or ``[worker 0] ``
+        before each line.
+    key : str, optional
+        Keep only lines that mention ``"key"`` (other lines with braces are not records).
+
+    Returns
+    -------
+    list of dict
+    """
+    rows = []
+    for line in text.splitlines():
+        start = line.find("{")
+        if start >= 0 and (key is None or '"%s"' % key in line):
+            rows.append(json.loads(line[start:]))
+    return rows
+
+
+def _communicate(proc, timeout, marker):
+    """Output of ``proc`` and its exit code (None after ``timeout``); its whole job is killed."""
+    output, code = b"", None
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        kill_job(proc, marker)
+        if code is None:  # what the job wrote before it was killed tells why it hung
+            output = proc.communicate()[0]
+        proc.wait()
+    return code, output.decode(errors="replace")
+
+
+def _horovodrun():
+    return os.path.join(os.path.dirname(sys.executable), "horovodrun")
+
+
+def run_horovodrun(np_workers, argv, timeout, marker, env_extra=None, preexec_fn=None):
+    """Run ``argv`` under ``horovodrun --gloo -np N`` on this machine's loopback.
+
+    Parameters
+    ----------
+    np_workers : int
+        Number of workers, all on ``localhost``.
+    argv : list of str
+        Worker command line; it must carry ``marker``.
+    timeout : float
+        Seconds before the job is killed.
+    marker : str
+        A string found only on the command lines of this job's processes.
+    env_extra : dict, optional
+        Environment on top of ``OMP_NUM_THREADS=1``, ``PYTHONUNBUFFERED=1``, ``PYTHONPATH=ROOT``.
+    preexec_fn : callable, optional
+        Run in the launcher before it starts (its limits pass on to the workers).
+
+    Returns
+    -------
+    (int or None, str)
+        Exit code of horovodrun (None after a timeout) and its output.
+    """
+    command = [_horovodrun(), "--gloo", "-np", str(np_workers), "-H", "localhost:%d" % np_workers,
+               "--network-interface", "lo"] + list(argv)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
+    env.update(env_extra or {})
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=preexec_fn)
+    return _communicate(proc, timeout, marker)
+
+
+def run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, timeout,
+                           env_extra=None):
+    """Run ``argv`` under elastic ``horovodrun`` with schedule-driven discovery on this machine.
+
+    ``schedule`` is a ``scripts/discovery.py`` schedule over the training progress that rank 0
+    writes to ``work_dir/progress``, whose path is appended to ``argv`` as ``--progress-file``.
+    That path is the job's marker: every process of the job is killed at the end, also on failure
+    or timeout.
+
+    Parameters
+    ----------
+    work_dir : str
+        Folder of the discovery script and the progress file (created if missing).
+    argv : list of str
+        Worker command line, without ``--progress-file``.
+    schedule : str
+        Discovery schedule.
+    np_start, min_np, max_np : int
+        horovodrun's ``-np``, ``--min-np`` and ``--max-np``.
+    timeout : float
+        Seconds before the job is killed.
+    env_extra : dict, optional
+        Environment on top of ``OMP_NUM_THREADS=1``, ``PYTHONUNBUFFERED=1`` and
+        ``MXNET_MKLDNN_ENABLED=0``.
+
+    Returns
+    -------
+    (int or None, str)
+        Exit code of horovodrun (None after a timeout) and its output.
+    """
+    if os.path.join(ROOT, "scripts") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import discovery  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(work_dir, exist_ok=True)
+    progress_file = os.path.join(work_dir, "progress")
+    script = discovery.write_script(os.path.join(work_dir, "discover.sh"), schedule, progress_file)
+    command = [_horovodrun(), "--gloo", "-np", str(np_start), "--min-np", str(min_np),
+               "--max-np", str(max_np), "--host-discovery-script", script,
+               "--network-interface", "lo"] + list(argv) + ["--progress-file", progress_file]
+    # Plain CPU kernels: these jobs check elastic behaviour, not MKLDNN.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MXNET_MKLDNN_ENABLED="0")
+    env.update(env_extra or {})
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    return _communicate(proc, timeout, progress_file)

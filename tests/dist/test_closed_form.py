@@ -6,11 +6,9 @@ after step t every rank must hold ``1 - 0.1 * (N + 1) / 2 * (1 + 0.9 + ... + 0.9
 steps. Repeated runs catch the initialisation race of lazily initialised KVStores.
 """
 import io
-import json
 import os
-import signal
-import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -21,6 +19,12 @@ pytestmark = pytest.mark.dist
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(ROOT, "tests", "workers", "closed_form.py")
 STEPS, LOCAL_BATCH_SIZE, LR, MOMENTUM = 3, 2, 0.1, 0.9
+# Every process of a KVStore group inherits this variable, the scheduler and servers too.
+TOKEN_VAR = "GLUON_ELASTIC_CLOSED_FORM_TEST_TOKEN"
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# pylint: disable-next=wrong-import-position
+from processes import json_lines, kill_processes_with_token, run_horovodrun  # noqa: E402
 
 
 def expected_weights(world_size):
@@ -34,12 +38,8 @@ def expected_weights(world_size):
 
 
 def records(text):
-    rows = []
-    for line in text.splitlines():
-        start = line.find("{")
-        if start >= 0 and '"rank"' in line:
-            rows.append(json.loads(line[start:]))
-    return rows
+    """The workers' JSON lines: only those with a rank (the launchers print other braces)."""
+    return json_lines(text, key="rank")
 
 
 def check(rows, world_size):
@@ -61,29 +61,24 @@ def test_kvstore_group_applies_the_mean(world_size, num_servers, repeats):
     command = [sys.executable, WORKER, "dist_sync", str(STEPS), str(LOCAL_BATCH_SIZE), str(LR),
                str(MOMENTUM)]
     for _ in range(repeats):
-        output = io.StringIO()
-        group = Group(command, world_size, num_servers, output=output).start()
-        code = group.wait(timeout=90)
+        output, token = io.StringIO(), uuid.uuid4().hex
+        group = Group(command, world_size, num_servers, output=output, env={TOKEN_VAR: token})
+        try:
+            code = group.start().wait(timeout=90)
+        finally:
+            leftovers = kill_processes_with_token(TOKEN_VAR, token)
+        assert leftovers == []
         assert all(proc.poll() is not None for proc in group.procs.values())
         assert code == 0, output.getvalue()[-3000:]
         check(records(output.getvalue()), world_size)
 
 
 @pytest.mark.timeout(180)
-def test_horovod_applies_the_same_mean():
-    horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    command = [horovodrun, "--gloo", "-np", "2", "-H", "localhost:2", "--network-interface", "lo",
-               sys.executable, WORKER, "horovod", str(STEPS), str(LOCAL_BATCH_SIZE), str(LR),
-               str(MOMENTUM)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=150)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    text = out.decode()
-    assert proc.returncode == 0, text[-3000:]
+def test_horovod_applies_the_same_mean(tmp_path):
+    pytest.importorskip("horovod.mxnet")
+    # The worker reads five arguments; the sixth only marks this job's processes.
+    argv = [sys.executable, WORKER, "horovod", str(STEPS), str(LOCAL_BATCH_SIZE), str(LR),
+            str(MOMENTUM), str(tmp_path)]
+    code, text = run_horovodrun(2, argv, 150, str(tmp_path))
+    assert code == 0, text[-3000:]
     check(records(text), 2)

@@ -4,7 +4,6 @@ Horovod 0.28.1's own broadcast op reads the tensor's name after the MXNet engine
 it (see gluon_elastic/backends/horovod.py); on a loaded machine a worker doing nothing but
 broadcasts crashed within seconds in every try. The backend broadcasts with all-reduce sums.
 """
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from horovod_broadcast import rank_values  # noqa: E402  pylint: disable=wrong-import-position
-from processes import kill_job  # noqa: E402  pylint: disable=wrong-import-position
+# pylint: disable-next=wrong-import-position
+from processes import json_lines, run_horovodrun  # noqa: E402
 
 pytestmark = pytest.mark.dist
 
@@ -26,27 +26,8 @@ pytestmark = pytest.mark.dist
 def run_horovod(np_workers, worker_args, timeout, marker):
     """Run the worker under ``horovodrun --gloo -np N``; returns (exit code, output)."""
     pytest.importorskip("horovod.mxnet")
-    command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--gloo",
-               "-np", str(np_workers), "-H", "localhost:%d" % np_workers,
-               "--network-interface", "lo", sys.executable, WORKER] + worker_args + ["--tag", marker]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    finally:
-        kill_job(proc, marker)
-        proc.wait()
-    return proc.returncode, output.decode(errors="replace")
-
-
-def lines(output):
-    rows = []
-    for line in output.splitlines():
-        start = line.find("{")
-        if start >= 0:
-            rows.append(json.loads(line[start:]))
-    return rows
+    argv = [sys.executable, WORKER] + worker_args + ["--tag", marker]
+    return run_horovodrun(np_workers, argv, timeout, marker)
 
 
 def expected_hex(root, dtype):
@@ -61,7 +42,7 @@ def expected_hex(root, dtype):
 def test_broadcasts_give_every_rank_the_roots_exact_values(tmp_path):
     code, output = run_horovod(2, ["exact"], 120, str(tmp_path))
     assert code == 0, output[-3000:]
-    rows = lines(output)
+    rows = json_lines(output)
     assert sorted((row["rank"], row["root"]) for row in rows) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     for row in rows:
         root = row["root"]
@@ -82,5 +63,5 @@ def test_broadcasts_survive_a_loaded_machine(tmp_path):
             proc.kill()
             proc.wait()
     assert code == 0, output[-3000:]
-    (row,) = lines(output)
+    (row,) = json_lines(output)
     assert row["rounds"] > 0

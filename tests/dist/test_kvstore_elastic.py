@@ -6,7 +6,6 @@ files, with the LR computed independently from gluon_elastic.policy, and with th
 sample of every epoch trained exactly once in the steps that survived).
 """
 import glob
-import hashlib
 import json
 import os
 import pickle
@@ -17,7 +16,6 @@ import sys
 import time
 import uuid
 
-import numpy as np
 import pytest
 
 from gluon_elastic.checkpoint import CheckpointManager
@@ -28,31 +26,17 @@ WORKER = os.path.join(ROOT, "tests", "workers", "kv_elastic.py")
 DISCOVERY = os.path.join(ROOT, "tests", "workers", "kv_discovery.py")
 FAKE_SSH = os.path.join(ROOT, "tests", "workers", "kv_fake_ssh.py")
 TOKEN_VAR = "KV_ELASTIC_TEST_TOKEN"
+sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from processes import kill_processes_with_token  # noqa: E402  pylint: disable=wrong-import-position
 
 pytestmark = pytest.mark.dist
 
 
-def _processes_with_token(token):
-    """Pids of live processes whose environment carries ``TOKEN_VAR=token`` (ours only)."""
-    needle = ("%s=%s" % (TOKEN_VAR, token)).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/environ" % entry, "rb") as fin:
-                if needle in fin.read().split(b"\0"):
-                    with open("/proc/%s/stat" % entry) as stat:
-                        if stat.read().split(")")[-1].split()[0] != "Z":
-                            found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 def run_supervisor(tmp_path, supervisor_args, worker_args, timeout, extra_env=None,
                    terminate_at=None, run_name="supervisor"):
-    """Run the supervisor CLI to its end; returns (exit code, output, log records, wall seconds).
+    """Run the supervisor CLI to its end; returns (exit code, output, log records).
 
     Everything it starts carries a token in its environment; whatever is still alive afterwards
     is killed (by pid) and reported as a failure. ``terminate_at``: send SIGTERM to the
@@ -89,39 +73,28 @@ def run_supervisor(tmp_path, supervisor_args, worker_args, timeout, extra_env=No
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            time.sleep(0.5)
-            leftovers = _processes_with_token(token)
-            for pid in leftovers:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    wall = time.monotonic() - tic
+            leftovers = kill_processes_with_token(TOKEN_VAR, token)
     output = out_path.read_text(errors="replace")
     assert leftovers == [], "processes left behind: %r\n%s" % (leftovers, output[-3000:])
     records = []
     for path in sorted(glob.glob(str(log_dir / "g*-r*.jsonl"))):
         with open(path) as fin:
             records.extend(json.loads(line) for line in fin if line.strip())
-    return code, output, records, wall
+    return code, output, records
 
 
 def _digests_from_file(manager, step):
-    """Parameter and momentum digests of the checkpoint of ``step``, computed from the file."""
-    import mxnet as mx  # noqa: F401  (the optimizer states unpickle into NDArrays)
+    """Parameter and momentum digests of the checkpoint of ``step``, computed from the file with
+    the worker's own digest functions."""
+    # Imported here: the worker imports MXNet, and the optimizer states unpickle into NDArrays.
+    from kv_elastic import momentum_digest, param_digest
 
     state = manager.load(step)
-    digest = hashlib.sha256()
-    for name in sorted(state["params"]):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(state["params"][name], dtype=np.float32).tobytes())
     trainer_state = pickle.loads(state["trainer"])
     momentum = pickle.loads(trainer_state["optimizer_states"])
-    mom_digest = hashlib.sha256()
-    for index in sorted(momentum):
-        mom_digest.update(np.ascontiguousarray(momentum[index].asnumpy(), dtype=np.float32)
-                          .tobytes())
-    return digest.hexdigest(), mom_digest.hexdigest(), trainer_state["elastic"]
+    return (param_digest(state["params"]),
+            momentum_digest([momentum[index].asnumpy() for index in sorted(momentum)]),
+            trainer_state["elastic"])
 
 
 NUM_SAMPLES, EPOCHS, LOCAL_BATCH, BASE_LR, COMMIT = 240, 2, 4, 0.05, 4
@@ -132,7 +105,7 @@ def test_schedule_2_3_1_with_kill_and_corrupted_checkpoint(tmp_path):
     schedule = "0=localhost:2;10=localhost:2,127.0.0.1:1;34=localhost:1"
     discovery = "%s %s %s %s" % (sys.executable, DISCOVERY, tmp_path / "logs" / "progress",
                                  schedule)
-    code, output, records, _ = run_supervisor(
+    code, output, records = run_supervisor(
         tmp_path,
         ["--host-discovery-script", discovery, "--discovery-interval", "0.2",
          "--progress-timeout", "20", "--start-timeout", "90", "--max-restarts", "2"],
@@ -236,7 +209,7 @@ def test_schedule_2_3_1_with_kill_and_corrupted_checkpoint(tmp_path):
 @pytest.mark.timeout(150)
 def test_hung_worker_is_killed_within_the_bound_and_restarts_are_limited(tmp_path):
     bound = 4.0
-    code, output, records, wall = run_supervisor(
+    code, output, records = run_supervisor(
         tmp_path, ["-n", "2", "--progress-timeout", str(bound), "--max-restarts", "1"],
         ["--epochs", "1", "--hang-at", "3", "--step-sleep", "0.02"], timeout=120)
     assert code == 124, output[-3000:]
@@ -257,7 +230,7 @@ def test_hung_worker_is_killed_within_the_bound_and_restarts_are_limited(tmp_pat
 @pytest.mark.timeout(120)
 def test_remote_host_runs_through_ssh_command(tmp_path):
     ssh_log = tmp_path / "ssh.log"
-    code, output, records, _ = run_supervisor(
+    code, output, records = run_supervisor(
         tmp_path, ["-H", "localhost:1,far-away-host:1", "--root-uri", "127.0.0.1",
                    "--ssh-command", "%s %s" % (sys.executable, FAKE_SSH)],
         ["--epochs", "1", "--num-samples", "40"], timeout=100,
@@ -280,7 +253,7 @@ def test_remote_host_runs_through_ssh_command(tmp_path):
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     worker_args = ["--epochs", "1", "--num-samples", "96", "--step-sleep", "0.05",
                    "--commit-interval", "100"]
-    code, output, records, _ = run_supervisor(tmp_path, ["-n", "2"], worker_args, timeout=60,
+    code, output, records = run_supervisor(tmp_path, ["-n", "2"], worker_args, timeout=60,
                                               terminate_at=3, run_name="first")
     assert code == 128 + signal.SIGTERM, output[-3000:]
     assert "asking the workers to save and stop" in output and "stopped by signal 15" in output
@@ -289,7 +262,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     step = stopped[0]["step"]
     assert CheckpointManager(str(tmp_path / "ckpt")).steps() == [step]
 
-    code, output, records, _ = run_supervisor(tmp_path, ["-n", "2"], worker_args, timeout=60,
+    code, output, records = run_supervisor(tmp_path, ["-n", "2"], worker_args, timeout=60,
                                               run_name="second")
     assert code == 0, output[-3000:]
     restored = [r for r in records if r["event"] == "restored"]

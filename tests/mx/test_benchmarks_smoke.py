@@ -5,6 +5,7 @@ iterations each world takes, the world size and the LR the trainer applied at ea
 """
 import csv
 import json
+import math
 import os
 import shutil
 import pathlib
@@ -131,6 +132,14 @@ def test_overhead_single_process(out_dir):
         saved = json.load(fin)
     rows = saved["results"]["single"]
     assert sorted(rows) == ["ElasticTrainer (in ramp)", "ElasticTrainer (steady)", "gluon.Trainer"]
-    assert rows["gluon.Trainer"]["rate_ratio"] == 1.0
+    reference = rows["gluon.Trainer"]
+    for name, row in rows.items():
+        if name == "gluon.Trainer":
+            continue
+        for key in ("rate_ratio", "step_ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0, (name, key, row[key])
+        # One repetition: the paired ratio is the ratio of the two medians.
+        assert row["rate_ratio"] == pytest.approx(row["iterations_per_second"]
+                                                  / reference["iterations_per_second"])
     assert all(row["iterations_per_second"] > 0 for row in rows.values())
     assert "| 1 process | ElasticTrainer (in ramp) |" in (tmp_path / "overhead.md").read_text()

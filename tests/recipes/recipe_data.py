@@ -208,50 +208,74 @@ def parse_log(text):
     return records
 
 
+def exit_code(module, argv, capsys, train=False):
+    """Exit code and standard error of a recipe that must refuse ``argv`` with ``SystemExit``.
+
+    Parameters
+    ----------
+    module : module
+        The recipe, from :func:`load_recipe`.
+    argv : list of str
+        Its command line.
+    capsys : pytest fixture
+        Captures what the recipe prints.
+    train : bool
+        Also run ``module.train`` (checks that need the data set come there).
+
+    Returns
+    -------
+    (int, str)
+    """
+    import pytest
+
+    with pytest.raises(SystemExit) as info:
+        args = module.parse_args(argv)
+        if train:
+            module.train(args)
+    return info.value.code, capsys.readouterr().err
+
+
+def run_kvstore_group(command, timeout):
+    """Run ``command`` as 2 workers of a KVStore group with 1 server on this machine.
+
+    Returns
+    -------
+    (int, str)
+        The group's exit code and its prefixed output.
+    """
+    import io
+
+    from gluon_elastic.launch import Group
+
+    output = io.StringIO()
+    group = Group(command, num_workers=2, num_servers=1, output=output,
+                  env={"OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT})
+    group.start()
+    code = group.wait(timeout=timeout)
+    return code, output.getvalue()
+
+
 def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_np, timeout=200):
     """Run a recipe under elastic ``horovodrun`` with schedule-driven discovery on this machine.
 
     ``schedule`` is a :mod:`scripts/discovery.py` schedule over the samples trained, which rank 0
-    writes to ``--progress-file``. Every process of the job is killed at the end, also on failure
-    or timeout (found as descendants and by ``work_dir`` on their command line).
+    writes to ``work_dir/progress`` (given to the recipe as ``--progress-file``). Every process of
+    the job is killed at the end, also on failure or timeout: they are found as descendants of
+    horovodrun and by that progress file on their command line.
 
     Returns
     -------
     (int, str)
         Exit code of horovodrun (None after a timeout) and its output.
     """
-    import subprocess
+    if os.path.join(ROOT, "tests") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from processes import run_elastic_horovodrun
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import discovery
-    from processes import kill_job
-
-    progress_file = os.path.join(work_dir, "progress")
-    script = discovery.write_script(os.path.join(work_dir, "discover.sh"), schedule, progress_file)
-    command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--gloo",
-               "-np", str(np_start), "--min-np", str(min_np), "--max-np", str(max_np),
-               "--host-discovery-script", script, "--network-interface", "lo",
-               sys.executable] + list(recipe_argv) + ["--backend", "horovod",
-                                                      "--progress-file", progress_file]
-    # Plain CPU kernels, as in tests/dist/test_horovod_elastic.py: these jobs check the recipes'
-    # elastic behaviour, not MKLDNN.
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=ROOT,
-               HOROVOD_GLOO_TIMEOUT_SECONDS="120", MXNET_MKLDNN_ENABLED="0")
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    output, code = b"", None
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-        code = proc.returncode
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        kill_job(proc, progress_file)
-        if code is None:
-            output = proc.communicate()[0]
-        proc.wait()
-    return code, output.decode(errors="replace")
+    argv = [sys.executable] + list(recipe_argv) + ["--backend", "horovod"]
+    return run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, timeout,
+                                  env_extra={"PYTHONPATH": ROOT,
+                                             "HOROVOD_GLOO_TIMEOUT_SECONDS": "120"})
 
 
 def check_one_grow(output, index, num_train, local_batch_size, epochs):

@@ -1,7 +1,7 @@
 """The ImageNet classification recipe on a tiny RecordIO set: bad input, local training with
 checkpoints, and the emulated 1 -> 2 worker schedule against the same schedule on real workers
 (1 process, then a 2-worker KVStore group resuming from its checkpoint)."""
-import io
+import functools
 import json
 import os
 import sys
@@ -27,12 +27,7 @@ def rec_dir(tmp_path_factory):
                                          num_val=8, classes=4, size=40)
 
 
-def _exit_code(argv, capsys, train=False):
-    with pytest.raises(SystemExit) as info:
-        args = cls.parse_args(argv)
-        if train:
-            cls.train(args)
-    return info.value.code, capsys.readouterr().err
+_exit_code = functools.partial(recipe_data.exit_code, cls)
 
 
 def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(rec_dir, tmp_path, capsys):
@@ -63,7 +58,7 @@ def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(rec_dir, tmp_
     assert not os.path.exists(ckpt)
 
 
-def test_local_training_logs_evaluates_checkpoints_and_resumes(rec_dir, tmp_path, caplog):
+def test_local_training_logs_evaluates_checkpoints_and_resumes(rec_dir, tmp_path):
     ckpt = str(tmp_path / "ckpt")
     argv = TINY + ["--data-dir", rec_dir, "--local-batch-size", "4", "--epochs", "1",
                    "--checkpoint-dir", ckpt, "--label-smoothing", "0.1"]
@@ -83,7 +78,6 @@ def test_local_training_logs_evaluates_checkpoints_and_resumes(rec_dir, tmp_path
     for name, value in saved.items():
         np.testing.assert_array_equal(value.asnumpy(), current[name])
     # The same command with --epochs 2 resumes after epoch 0: 4 more steps, progress goes on.
-    caplog.clear()
     loop2 = cls.train(cls.parse_args(argv[:-6] + ["--epochs", "2", "--checkpoint-dir", ckpt,
                                                   "--label-smoothing", "0.1"]))
     assert loop2.trainer.iteration == 8 and loop2.trainer.progress == 32
@@ -96,8 +90,6 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
     """Schedule 0:1,1:2 (per-worker batch 2, 16 images): emulated in one process, and for real as
     one process for epoch 0 followed by a 2-worker KVStore group resuming from its checkpoint.
     Weights, BatchNorm statistics of rank 0, LR trajectory and progress agree."""
-    from gluon_elastic.launch import Group
-
     # The epoch-0 run stops after one epoch, so the schedule must not depend on --epochs: step
     # decay at epoch 1, no warmup. A small LR keeps training far from divergence, where rounding
     # differences between the processes' kernels would be amplified beyond any tolerance.
@@ -110,15 +102,10 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
     # 8 steps of 2 at world 1, then 4 steps of 4 at world 2.
     assert (emulated.trainer.iteration, emulated.trainer.progress) == (12, 32)
     cls.train(cls.parse_args(common + ["--epochs", "1", "--checkpoint-dir", real_dir]))
-    output = io.StringIO()
     command = [sys.executable, os.path.join(recipe_data.ROOT, "scripts", "classification",
                                             "train_imagenet.py")]
     command += common + ["--epochs", "2", "--checkpoint-dir", real_dir, "--backend", "dist_sync"]
-    group = Group(command, num_workers=2, num_servers=1, output=output,
-                  env={"OMP_NUM_THREADS": "1", "PYTHONPATH": recipe_data.ROOT})
-    group.start()
-    code = group.wait(timeout=200)
-    log = output.getvalue()
+    code, log = recipe_data.run_kvstore_group(command, timeout=200)
     assert code == 0, log[-3000:]
     assert "world change at iteration 8: world 1 -> 2, global batch 2 -> 4" in log
     records = recipe_data.parse_log(log)

@@ -1,6 +1,6 @@
 """The detection recipe on tiny VOC (XML + JPEG) and COCO (JSON + JPEG) sets: bad input, SSD and
 YOLOv3 training locally and emulated, the mAP reduction in closed form, and a 2-worker KVStore run."""
-import io
+import functools
 import json
 import os
 import sys
@@ -30,12 +30,7 @@ def coco_dir(tmp_path_factory):
                                            num_val=4, size=64)
 
 
-def _exit_code(argv, capsys, train=False):
-    with pytest.raises(SystemExit) as info:
-        args = det.parse_args(argv)
-        if train:
-            det.train(args)
-    return info.value.code, capsys.readouterr().err
+_exit_code = functools.partial(recipe_data.exit_code, det)
 
 
 def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(voc_dir, coco_dir, tmp_path,
@@ -119,20 +114,13 @@ def test_map_reduction_closed_form():
 @pytest.mark.dist
 @pytest.mark.timeout(240)
 def test_ssd_two_kvstore_workers(voc_dir, tmp_path):
-    from gluon_elastic.launch import Group
-
     ckpt = str(tmp_path / "ckpt")
-    output = io.StringIO()
     command = [sys.executable, os.path.join(recipe_data.ROOT, "scripts", "detection",
                                             "train_detection.py")]
     command += TINY + ["--data-dir", voc_dir, "--train-splits", "2007_trainval", "--model",
                        "ssd_300_mobilenet0.25_voc", "--backend", "dist_sync",
                        "--checkpoint-dir", ckpt]
-    group = Group(command, num_workers=2, num_servers=1, output=output,
-                  env={"OMP_NUM_THREADS": "1", "PYTHONPATH": recipe_data.ROOT})
-    group.start()
-    code = group.wait(timeout=200)
-    log = output.getvalue()
+    code, log = recipe_data.run_kvstore_group(command, timeout=200)
     assert code == 0, log[-3000:]
     records = recipe_data.parse_log(log)
     # 8 images, 2 workers of 2: two steps of a global batch of 4; progress on rank 0 only.

@@ -1,6 +1,6 @@
 """The segmentation recipe on tiny VOC and ADE20K layouts (JPEG images, PNG masks): bad input,
 FCN training locally, the pixel-accuracy/mIoU reduction over ranks, and a 2-worker KVStore run."""
-import io
+import functools
 import json
 import os
 import sys
@@ -31,12 +31,7 @@ def ade_dir(tmp_path_factory):
                                    size=40)
 
 
-def _exit_code(argv, capsys, train=False):
-    with pytest.raises(SystemExit) as info:
-        args = seg.parse_args(argv)
-        if train:
-            seg.train(args)
-    return info.value.code, capsys.readouterr().err
+_exit_code = functools.partial(recipe_data.exit_code, seg)
 
 
 def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(voc_dir, ade_dir, tmp_path,
@@ -116,19 +111,12 @@ def test_metric_reduction_over_ranks_equals_one_metric_over_all_pixels():
 @pytest.mark.dist
 @pytest.mark.timeout(300)
 def test_fcn_two_kvstore_workers(voc_dir, tmp_path):
-    from gluon_elastic.launch import Group
-
     ckpt = str(tmp_path / "ckpt")
-    output = io.StringIO()
     command = [sys.executable, os.path.join(recipe_data.ROOT, "scripts", "segmentation",
                                             "train_segmentation.py")]
     command += TINY + ["--data-dir", voc_dir, "--local-batch-size", "1", "--backend", "dist_sync",
                        "--checkpoint-dir", ckpt]
-    group = Group(command, num_workers=2, num_servers=1, output=output,
-                  env={"OMP_NUM_THREADS": "1", "PYTHONPATH": recipe_data.ROOT})
-    group.start()
-    code = group.wait(timeout=260)
-    log = output.getvalue()
+    code, log = recipe_data.run_kvstore_group(command, timeout=260)
     assert code == 0, log[-3000:]
     records = recipe_data.parse_log(log)
     # 4 images, 2 workers of 1: two steps of a global batch of 2.

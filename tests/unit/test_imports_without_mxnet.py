@@ -1,4 +1,4 @@
-"""The arithmetic modules import and work with MXNet blocked."""
+"""The modules that must not need MXNet (or Horovod) import and work with both blocked."""
 import subprocess
 import sys
 
@@ -15,10 +15,13 @@ sys.meta_path.insert(0, Block())
 
 
 @pytest.mark.timeout(60)
-def test_policy_schedule_flags_import_with_mxnet_blocked():
+def test_arithmetic_supervisor_and_checkpoint_modules_import_with_mxnet_blocked():
+    # The supervisor, the restart agent and checkpoints run where MXNet may be missing (the
+    # supervisor's host); policy, schedule, flags and data are plain arithmetic.
     code = BLOCK + """
 import gluon_elastic
 from gluon_elastic import policy, schedule, flags, data
+import gluon_elastic.supervisor, gluon_elastic.restart, gluon_elastic.checkpoint
 from gluon_elastic.policy import lr_scale
 assert lr_scale("linear", 64, 32) == 2.0
 assert "mxnet" not in sys.modules

@@ -6,7 +6,9 @@ every rank and run forward before the trainer exists (which makes MKLDNN re-lay 
 must come out equal to rank 0's on every rank. After every step the worker prints one JSON line
 with its rank, world size, weights and the conv checksum.
 
-    python tests/workers/closed_form.py BACKEND STEPS LOCAL_BATCH_SIZE LR MOMENTUM
+    python tests/workers/closed_form.py BACKEND STEPS LOCAL_BATCH_SIZE LR MOMENTUM [MARKER]
+
+Arguments after the fifth are ignored: a test appends a marker that finds this job's processes.
 """
 import json
 import sys
