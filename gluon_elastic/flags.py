@@ -14,8 +14,8 @@ import argparse
 from .backends import BACKEND_NAMES
 from .policy import BATCH_POLICIES, SCALING_RULES, SHRINK_MODES, TRANSITIONS
 
-__all__ = ["add_elastic_args", "trainer_kwargs", "parse_world_schedule", "world_at",
-           "positive_int", "non_negative_int", "positive_float", "non_negative_float"]
+__all__ = ["add_elastic_args", "add_metrics_args", "trainer_kwargs", "parse_world_schedule",
+           "world_at", "positive_int", "non_negative_int", "positive_float", "non_negative_float"]
 
 
 def _bounded(convert, minimum, description, inclusive=True):
@@ -114,6 +114,19 @@ def add_elastic_args(parser, local_batch_size=32, lr=0.1):
                        help="emulate a changing world in one process, e.g. 0:8,30:128,60:16: each "
                             "virtual worker has its own batch and BatchNorm statistics")
     group.add_argument("--seed", type=int, default=0, help="seed of data order and init")
+    return group
+
+
+def add_metrics_args(parser):
+    """Add ``--metrics-file`` and ``--metrics-interval``, read by
+    :class:`gluon_elastic.metrics.MetricsWriter`, to ``parser``."""
+    group = parser.add_argument_group("metrics")
+    group.add_argument("--metrics-file", default=None, metavar="RUN.jsonl",
+                       help="rank 0 writes JSON-lines metrics here: steps, epochs, and one event "
+                            "per world change, failure, rollback and restart (draw them with "
+                            "python -m gluon_elastic.plot)")
+    group.add_argument("--metrics-interval", type=positive_int, default=1,
+                       help="steps between step records of --metrics-file (default: %(default)s)")
     return group
 
 

@@ -39,6 +39,9 @@ every recipe:
   ``Speed`` counts samples of the whole (real or virtual) group, ``lr`` is the LR of the last step
   and ``loss`` the mean per-sample loss of the epoch so far (this worker's, or every virtual
   worker's when emulating).
+* **metrics** (``--metrics-file``): the same quantities per step and per epoch, and one event per
+  world change, failure, rollback, reset and restart, as JSON lines written by rank 0
+  (:mod:`gluon_elastic.metrics`; drawn by ``python -m gluon_elastic.plot``).
 """
 import json
 import logging
@@ -159,6 +162,7 @@ def add_run_args(parser, log_interval=20, num_data_workers=4):
                        help="rank 0 rewrites this file with the number of samples trained after "
                             "every step (what scripts/discovery.py reads to follow a schedule of "
                             "hosts)")
+    _flags.add_metrics_args(parser)
     return group
 
 
@@ -325,6 +329,7 @@ class ElasticLoop:
     def __init__(self, args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
                  num_val_samples, checkpoint):
         from .emulate import EmulatedWorkers
+        from .metrics import MetricsWriter
 
         self.args = args
         self.net = net
@@ -340,6 +345,8 @@ class ElasticLoop:
         self.workers = EmulatedWorkers(net.collect_params())
         self._aux_params = [p for p in net.collect_params().values() if p.grad_req == "null"]
         self.history = []   # (epoch, metrics) of every evaluation, on every rank
+        self.metrics = MetricsWriter(getattr(args, "metrics_file", None), trainer,
+                                     interval=getattr(args, "metrics_interval", 1))
 
     # -------------------------------------------------------------------------------- pieces
     def set_world(self, epoch):
@@ -386,8 +393,10 @@ class ElasticLoop:
             self.sampler.record(global_batch_size)
             samples += global_batch_size
             batch_samples += global_batch_size
-            loss_sum += sum(float(loss.sum().asscalar()) for loss in losses)
+            step_loss = sum(float(loss.sum().asscalar()) for loss in losses)
+            loss_sum += step_loss
             loss_count += sum(shard_sizes)
+            self.metrics.step(epoch, step_loss / max(sum(shard_sizes), 1), global_batch_size)
             if is_root and self.args.log_interval and (number + 1) % self.args.log_interval == 0:
                 now = time.time()
                 logger.info("Epoch[%d] Batch [%d]\tSpeed: %.2f samples/sec\tworld=%d\t"
@@ -444,6 +453,7 @@ class ElasticLoop:
                             int(samples / max(seconds, 1e-9)), seconds)
                 if metrics:
                     logger.info("[Epoch %d] validation: %s", epoch, format_metrics(metrics))
+            self.metrics.epoch_end(epoch, loss, samples / max(seconds, 1e-9), metrics)
             self.sampler.set_epoch(epoch + 1)
             self.checkpoint.save(epoch, self.net, self.trainer, self.sampler, metrics)
             state.commit()
@@ -460,7 +470,7 @@ def run_loop(loop):
     state = ElasticState(loop.net, loop.trainer, loop.sampler)
     # A reset can move rank 0 to another process: progress follows it.
     state.register_reset_callbacks([lambda: setup_logging(loop.trainer.rank)])
-    return elastic_run(loop.run)(state)
+    return elastic_run(loop.metrics.watch(loop.run))(state)
 
 
 # ------------------------------------------------------------------------------- entry points
@@ -508,5 +518,6 @@ def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_trai
                 trainer.learning_rate, num_train_samples)
     loop = ElasticLoop(args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
                        num_val_samples, checkpoint)
+    loop.metrics.start(resumed=resume is not None)
     run_loop(loop)
     return loop

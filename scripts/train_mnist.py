@@ -41,6 +41,7 @@ from mxnet import autograd, gluon
 
 from gluon_elastic import ElasticTrainer, backends, flags
 from gluon_elastic.data import ElasticSampler, mnist_digits
+from gluon_elastic.metrics import MetricsWriter
 from gluon_elastic.restart import RestartAgent, default_checkpoint_dir
 from gluon_elastic.run import run
 from gluon_elastic.state import ElasticState
@@ -61,6 +62,7 @@ def parse_args(argv=None):
                         help="rank 0 rewrites this file with the samples trained after every step "
                              "(read by scripts/discovery.py)")
     flags.add_elastic_args(parser, local_batch_size=32, lr=0.05)
+    flags.add_metrics_args(parser)
     args = parser.parse_args(argv)
     if args.emulate_schedule is not None:
         parser.error("--emulate-schedule is for the recipes under scripts/; this job runs real "
@@ -120,18 +122,21 @@ def train(args):
     quiet_unless_root()
     # Restart elasticity: resume from the newest checkpoint, save at every commit, and stop at a
     # step all ranks agree on when gluon_elastic.supervisor asks (Horovod's driver does it in place).
-    agent = None
+    agent = restored = None
     checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir()
     if checkpoint_dir and not backend.elastic_driver:
         agent = RestartAgent(backend, state, checkpoint_dir=checkpoint_dir, commit_interval=None,
                              check_interval=args.check_interval)
-        agent.restore()
+        restored = agent.restore()
         state.register_commit_callbacks([agent.commit_callback])
+    metrics = MetricsWriter(args.metrics_file, trainer, interval=args.metrics_interval)
+    metrics.start(resumed=restored is not None)
     logger.info("backend %s, world %d, global batch %d, lr %.4g, %d training digits",
                 backend.name, trainer.world_size, trainer.global_batch_size,
                 trainer.learning_rate, len(train_y))
 
     @run
+    @metrics.watch
     def fit(state):
         logger.info("training from epoch %d, sample %d of the epoch, world %d (generation %d)",
                     state.epoch, sampler.processed, trainer.world_size, state.generation)
@@ -144,10 +149,17 @@ def train(args):
                 data = mx.nd.array(train_x[indices])
                 label = mx.nd.array(train_y[indices])
                 with autograd.record():
-                    loss = loss_fn(net(data), label)
+                    output = net(data)
+                    loss = loss_fn(output, label)
                 loss.backward()
                 trainer.step(global_batch_size=global_batch_size)
-                loss_sum += loss.mean().asscalar()
+                step_loss = loss.mean().asscalar()
+                loss_sum += step_loss
+                # Every rank reports the step (rank 0 may move here after a reset); only the
+                # writing rank pays for the accuracy.
+                batch_metric = {"accuracy": (output.argmax(axis=1) == label).mean().asscalar()} \
+                    if metrics.enabled else None
+                metrics.step(state.epoch, step_loss, global_batch_size, metric=batch_metric)
                 sampler.record(global_batch_size)
                 samples += global_batch_size
                 batches += 1
@@ -168,6 +180,8 @@ def train(args):
             accuracy = evaluate(net, test_x, test_y)
             logger.info("Epoch[%d] done in %.1f s: train loss %.4f, test accuracy %.4f",
                         state.epoch, time.time() - tic, loss_sum / max(batches, 1), accuracy)
+            metrics.epoch_end(state.epoch, loss_sum / max(batches, 1),
+                              samples / max(time.time() - tic, 1e-9), {"test_accuracy": accuracy})
             state.epoch += 1
             state.commit()
         if accuracy is None:  # resumed after the last epoch had been committed
@@ -176,6 +190,7 @@ def train(args):
         return accuracy, trainer.rank
 
     accuracy, rank = fit(state)
+    metrics.close()
     if agent is not None:
         agent.close()
     if rank == 0 and accuracy is not None:
