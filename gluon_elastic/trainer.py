@@ -1,24 +1,35 @@
 """ElasticTrainer: a ``gluon.Trainer`` whose batch size and learning rate follow the world size.
 
-How it differs from :class:`mxnet.gluon.Trainer`:
+How it differs from :class:`mxnet.gluon.Trainer` (everything else is Gluon's own code path):
 
 1. The applied update is the mean gradient over the *global* batch on every backend. The backend
-   says whether its reduction returns the sum or the mean over workers, and :meth:`step` sets
+   says whether its reduction returns the sum or the mean over workers, and the trainer sets
    ``rescale_grad`` from that and the global batch size of the current world, in one place.
-2. The LR is set before every step to ``schedule(progress) * multiplier(iteration)``: the base
+   :meth:`step` therefore needs no batch size; ``step(batch_size)`` checks the given size against
+   the plan, and ``step(0, global_batch_size=...)`` lets a rank without samples take part with a
+   zero gradient.
+2. The LR is set before every update to ``schedule(progress) * multiplier(iteration)``: the base
    schedule is a function of samples trained, the multiplier follows the scaling rule at the
-   current global batch, through the configured transition (Dynamic SGD ramp by default).
+   current global batch, through the configured transition (Dynamic SGD ramp by default). An MXNet
+   ``lr_scheduler`` is refused; :meth:`set_learning_rate` works while the schedule is constant.
 3. With ``momentum_correction`` (the default), the momentum buffers of ``sgd`` and ``nag`` are
-   multiplied by ``lr_t / lr_{t-1}`` whenever the LR changes, so MXNet's v-form update
-   (LR inside the buffer) follows the paper's u-form equations exactly.
-4. ``nag`` runs a corrected update: MXNet 1.9.1's ``nag_mom_update`` computes the weight-decay term
-   of the momentum from the already-updated weight.
-5. Updates run on the workers (``update_on_kvstore=False``) and a distributed KVStore is
-   initialised eagerly, followed by a barrier (the lazy path raced on some ranks).
-6. An MXNet ``lr_scheduler`` is refused: pass a :class:`gluon_elastic.schedule.Schedule`.
-7. :meth:`save_states` / :meth:`load_states` carry the elastic state (progress, iteration, world,
-   transition) beside the optimizer states, in a versioned format.
+   multiplied by ``lr_t / lr_{t-1}`` whenever the LR changes, so MXNet's v-form update (LR inside
+   the buffer) follows the paper's u-form equations exactly, steps at LR 0 included
+   (:mod:`gluon_elastic.optimizers`).
+4. ``nag`` runs a corrected update (MXNet 1.9.1's kernel takes the momentum's weight-decay term
+   from the already-updated weight), at the cost of the fused kernel.
+5. Updates run on the workers (``update_on_kvstore=False``; True is refused, and so are
+   ``row_sparse`` weights and gradients, which need updates on the store). A distributed
+   KVStore is initialised eagerly, rank 0's values are broadcast, and a barrier follows.
+6. :meth:`allreduce_grads` leaves the mean gradient over the global batch in the gradients (so a
+   global-norm clip threshold means the same at every world size); :meth:`update` then applies
+   it with the same LR, momentum correction and counters as :meth:`step`.
+7. :meth:`save_states` writes MXNet's own ``.states`` layout (``(states, optimizer)``) with the
+   elastic state (progress, iteration, world, transition) attached to the optimizer: a plain
+   ``gluon.Trainer`` loads it with its momentum and counters; :meth:`load_states` reads Gluon's
+   files too and starts the elastic state fresh.
 """
+import copy
 import logging
 import pickle
 
@@ -26,6 +37,8 @@ import mxnet as mx
 from mxnet import gluon
 
 from . import backends as _backends
+from .optimizers import (V_FORM_OPTIMIZERS, ElasticNAG, ElasticSGD, elastic_optimizer,
+                         portable_copy, scale_arrays)
 from .policy import BatchPolicy, Transition, lr_scale, SCALING_RULES
 from .schedule import Schedule
 
@@ -34,31 +47,10 @@ __all__ = ["ElasticTrainer", "STATE_FORMAT", "STATE_VERSION"]
 logger = logging.getLogger("gluon_elastic")
 
 STATE_FORMAT = "gluon_elastic.ElasticTrainer"
-STATE_VERSION = 1
-# Optimizers whose state holds the LR (v-form) and so needs rescaling when the LR changes.
-_V_FORM_OPTIMIZERS = (mx.optimizer.SGD, mx.optimizer.NAG)
-
-
-class CorrectedNAG(mx.optimizer.NAG):
-    """Nesterov momentum in v-form with the weight-decay term taken from the weight before the step.
-
-    ``g' = rescale_grad * g + wd * w``;  ``v <- mu * v - lr * g'``;  ``w <- w + mu * v - lr * g'``,
-    i.e. the u-form ``u <- mu * u + g'``; ``w <- w - lr * (g' + mu * u)`` with ``v = -lr * u``.
-    """
-
-    def _update_impl(self, index, weight, grad, state, multi_precision=False):
-        if multi_precision or state is None:
-            return super()._update_impl(index, weight, grad, state, multi_precision)
-        self._update_count(index)
-        lr = self._get_lr(index)
-        wd = self._get_wd(index)
-        grad = grad * self.rescale_grad
-        if self.clip_gradient is not None:
-            grad = mx.nd.clip(grad, -self.clip_gradient, self.clip_gradient)
-        step = lr * (grad + wd * weight)
-        state[:] = self.momentum * state - step
-        weight[:] = weight + self.momentum * state - step
-        return None
+# 1: a pickled dict of our own; 2: MXNet's (states, optimizer) with the elastic state attached.
+STATE_VERSION = 2
+# Attribute of the saved optimizer that carries the elastic state (plain MXNet ignores it).
+STATE_ATTRIBUTE = "gluon_elastic"
 
 
 class ElasticTrainer(gluon.Trainer):
@@ -116,12 +108,7 @@ class ElasticTrainer(gluon.Trainer):
             raise ValueError("learning_rate must be a number >= 0, got %r" % (lr,))
         if scaling not in SCALING_RULES:
             raise ValueError("scaling must be one of %s, got %r" % (", ".join(SCALING_RULES), scaling))
-        if isinstance(optimizer, str) and optimizer.lower() == "nag":
-            optimizer = CorrectedNAG(**optimizer_params)
-            optimizer_params = None
-        elif type(optimizer) is mx.optimizer.NAG:  # pylint: disable=unidiomatic-typecheck
-            # Same state and arguments; only the update differs (see CorrectedNAG).
-            optimizer.__class__ = CorrectedNAG
+        optimizer, optimizer_params = elastic_optimizer(optimizer, optimizer_params)
 
         self._backend = _backends.create(kvstore)
         self._policy = BatchPolicy(batch_policy, local_batch_size=local_batch_size,
@@ -140,13 +127,24 @@ class ElasticTrainer(gluon.Trainer):
 
         super().__init__(params, optimizer, optimizer_params, kvstore=self._backend.kvstore,
                          compression_params=compression_params, update_on_kvstore=False)
+        for param in self._params:
+            if param._stype != "default" or param._grad_stype != "default":  # pylint: disable=protected-access
+                raise ValueError(
+                    "parameter %s is row_sparse (weight %s, gradient %s): ElasticTrainer runs "
+                    "the updates on the workers, where the LR follows the world, and sparse "
+                    "weights and gradients need updates on the KVStore; use dense parameters "
+                    "or gluon.Trainer" % (param.name, param._stype, param._grad_stype))  # pylint: disable=protected-access
 
         self.iteration = 0          # optimizer steps taken
         self.progress = 0           # samples trained (sum of global batches)
         self._world_size = None     # world the multiplier was last computed for
-        self._last_lr = None        # LR applied at the last step, for the momentum correction
+        # LR scale of the v-form momentum buffers (v = -buffer_lr * u): the LR of the last step
+        # above 0. None until a step has run.
+        self._buffer_lr = None
+        # (batch_size given, global batch) of an allreduce_grads() waiting for its update().
+        self._reduced = None
         self._correct_momentum = (self._transition.momentum_correction
-                                  and isinstance(self._optimizer, _V_FORM_OPTIMIZERS))
+                                  and isinstance(self._optimizer, V_FORM_OPTIMIZERS))
         self._sync_world()
         if all(not p._deferred_init for p in self._params):  # pylint: disable=protected-access
             self._init_eagerly()
@@ -336,30 +334,33 @@ class ElasticTrainer(gluon.Trainer):
         self._optimizer._index_update_count = dict(counters["index_update_count"])  # pylint: disable=protected-access
 
     def _apply_lr(self, lr):
-        if self._correct_momentum and self._last_lr is not None and lr != self._last_lr:
-            if self._last_lr == 0:
-                raise ValueError("momentum correction cannot rescale a buffer built with LR 0 "
-                                 "(start the warmup above 0 or disable momentum_correction)")
-            ratio = lr / self._last_lr
-            for array in self.momentum_arrays():
-                array *= ratio
-        self._optimizer.lr = lr
-        self._last_lr = lr
+        """Set the LR of the next update; with momentum correction, keep the buffers in u-form."""
+        if not self._correct_momentum:
+            self._optimizer.lr = lr
+            return
+        if lr > 0:
+            if self._buffer_lr is not None and lr != self._buffer_lr:
+                scale_arrays(self.momentum_arrays(), lr / self._buffer_lr)
+            self._buffer_lr = lr
+        else:
+            if not isinstance(self._optimizer, (ElasticSGD, ElasticNAG)):
+                raise ValueError("a step at LR 0 with momentum correction needs gluon_elastic's "
+                                 "sgd or nag (got %s); start the schedule above 0 or pass "
+                                 "momentum_correction=False" % type(self._optimizer).__name__)
+            if self._buffer_lr is None:
+                self._buffer_lr = 1.0  # any scale > 0: the buffers are rescaled when LR > 0
+        # At LR 0 the optimizer keeps the weights and accumulates the buffers at their scale.
+        self._optimizer.lr = self._buffer_lr
+        if isinstance(self._optimizer, (ElasticSGD, ElasticNAG)):
+            self._optimizer.zero_lr_step = lr == 0
 
-    def step(self, batch_size=None, ignore_stale_grad=False, global_batch_size=None):
-        """One optimizer step on the mean gradient over the global batch.
+    def _begin_step(self, batch_size, global_batch_size):
+        """Checks and set-up shared by :meth:`step` and :meth:`allreduce_grads`.
 
-        Parameters
-        ----------
-        batch_size : int, optional
-            This worker's batch size; checked against the policy's when given. A short last batch
-            of an epoch needs ``global_batch_size``.
-        ignore_stale_grad : bool
-            As for :meth:`mxnet.gluon.Trainer.step`.
-        global_batch_size : int, optional
-            Samples this step covers over all workers, when it differs from the policy's (the
-            tail of an epoch). Every worker must pass the same value.
+        Returns the global batch size of the step.
         """
+        if self._reduced is not None:
+            raise ValueError("allreduce_grads() was called and its update() has not run yet")
         self._sync_world()
         if global_batch_size is None:
             expected = self.local_batch_size
@@ -368,22 +369,73 @@ class ElasticTrainer(gluon.Trainer):
                                  "(world %d, policy %r); pass global_batch_size for a short batch"
                                  % (batch_size, expected, self.world_size, self._policy.name))
             global_batch_size = self.global_batch_size
-        elif global_batch_size <= 0:
+        elif isinstance(global_batch_size, bool) or global_batch_size <= 0:
             raise ValueError("global_batch_size must be > 0, got %r" % (global_batch_size,))
-        lr = self.learning_rate
+        elif batch_size is not None and not 0 <= batch_size <= global_batch_size:
+            raise ValueError("batch_size=%r must lie between 0 and global_batch_size=%r"
+                             % (batch_size, global_batch_size))
         self._init_eagerly()
-        self._apply_lr(lr)
-        reduced_over = self.world_size if self._backend.grad_reduction == "mean" else 1
-        self._optimizer.rescale_grad = self._scale * reduced_over / global_batch_size
-        self._allreduce_grads()
+        if batch_size == 0:
+            self._zero_grads()
+        return global_batch_size
+
+    def _zero_grads(self):
+        """This rank had no samples: it contributes a zero gradient, which counts as fresh."""
+        for param in self._params:
+            if param.grad_req == "null":
+                continue
+            for grad in param.list_grad():
+                grad[:] = 0
+            for data in param.list_data():
+                data._fresh_grad = True  # pylint: disable=protected-access
+
+    def _reduced_over(self):
+        """Workers whose gradients the reduction averaged (1 when it sums)."""
+        return self.world_size if self._backend.grad_reduction == "mean" else 1
+
+    def _finish_step(self, rescale_grad, ignore_stale_grad, global_batch_size):
+        self._apply_lr(self.learning_rate)
+        self._optimizer.rescale_grad = rescale_grad
         self._update(ignore_stale_grad)
         self.iteration += 1
         self.progress += global_batch_size
 
-    def allreduce_grads(self):
-        """Reduce gradients over devices and workers (see :meth:`mxnet.gluon.Trainer.allreduce_grads`)."""
-        self._init_eagerly()
+    def step(self, batch_size=None, ignore_stale_grad=False, global_batch_size=None):
+        """One optimizer step on the mean gradient over the global batch.
+
+        Parameters
+        ----------
+        batch_size : int, optional
+            This worker's batch size. Without ``global_batch_size`` it is checked against the
+            policy's plan. With it, it may be anything from 0 to ``global_batch_size``; 0 means
+            this rank had no samples (the tail of an epoch): its gradients are set to zero and it
+            takes part in the reduction, so run no forward/backward for it.
+        ignore_stale_grad : bool
+            As for :meth:`mxnet.gluon.Trainer.step`.
+        global_batch_size : int, optional
+            Samples this step covers over all workers, when it differs from the policy's (the
+            tail of an epoch). Every worker must pass the same value.
+        """
+        global_batch_size = self._begin_step(batch_size, global_batch_size)
         self._allreduce_grads()
+        self._finish_step(self._scale * self._reduced_over() / global_batch_size,
+                          ignore_stale_grad, global_batch_size)
+
+    def allreduce_grads(self, batch_size=None, global_batch_size=None):
+        """Reduce gradients over devices and workers, leaving their mean over the global batch.
+
+        After this call every gradient holds the mean over the global batch of the step (the
+        gradient :meth:`step` would apply, before weight decay), whatever the world size, so a
+        clip by global norm in between means the same at every world size. Then call
+        :meth:`update`. Arguments as for :meth:`step`.
+        """
+        global_batch_size = self._begin_step(batch_size, global_batch_size)
+        self._allreduce_grads()
+        factor = self._reduced_over() / global_batch_size
+        if factor != 1:
+            scale_arrays([grad for param in self._params if param.grad_req != "null"
+                          for grad in param.list_grad()], factor)
+        self._reduced = (batch_size, global_batch_size)
 
     def _allreduce_grads(self):
         if self._kvstore is None:
@@ -392,62 +444,181 @@ class ElasticTrainer(gluon.Trainer):
             super()._allreduce_grads()
 
     def update(self, batch_size=None, ignore_stale_grad=False, global_batch_size=None):
-        """Not supported: the LR and normalisation are set in :meth:`step`; call it instead."""
-        raise NotImplementedError("ElasticTrainer.update: call step(), which reduces, normalises "
-                                  "by the global batch and sets the LR in one place")
+        """Apply the gradients :meth:`allreduce_grads` reduced: one optimizer step.
+
+        The LR, the momentum correction and the counters are those of :meth:`step`; the
+        gradients are taken as they are (already the mean over the global batch, clipped or
+        otherwise changed by the caller).
+
+        Parameters
+        ----------
+        batch_size : int, optional
+            Checked against the size given to (or planned at) :meth:`allreduce_grads`.
+        ignore_stale_grad : bool
+            As for :meth:`mxnet.gluon.Trainer.update`.
+        global_batch_size : int, optional
+            Checked against the one :meth:`allreduce_grads` used.
+        """
+        if self._reduced is None:
+            raise ValueError("update() applies the gradients that allreduce_grads() reduced: "
+                             "call allreduce_grads() first, or step()")
+        reduced_batch_size, reduced_global = self._reduced
+        self._reduced = None
+        if global_batch_size is not None and global_batch_size != reduced_global:
+            raise ValueError("update(global_batch_size=%r) differs from the %d samples that "
+                             "allreduce_grads() normalised by" % (global_batch_size, reduced_global))
+        if batch_size is not None:
+            expected = (reduced_batch_size if reduced_batch_size is not None
+                        else self.local_batch_size)
+            if batch_size != expected:
+                raise ValueError("update(batch_size=%r) differs from allreduce_grads()'s batch "
+                                 "of %d on this worker" % (batch_size, expected))
+        self._finish_step(self._scale, ignore_stale_grad, reduced_global)
 
     # ------------------------------------------------------------------------------ save / load
     def elastic_state_dict(self):
-        """Elastic state as plain values: progress, iteration, world, transition, last LR."""
+        """Elastic state as plain values: progress, iteration, world, transition, buffer LR."""
         return {"iteration": self.iteration, "progress": self.progress,
                 "world_size": self._world_size, "base_batch_size": self._base_batch_size,
-                "last_lr": self._last_lr, "transition": self._transition.state_dict()}
+                "buffer_lr": self._buffer_lr, "transition": self._transition.state_dict()}
 
     def load_elastic_state_dict(self, state):
         """Restore :meth:`elastic_state_dict`; a different current world starts a transition."""
         self.iteration = int(state["iteration"])
         self.progress = int(state["progress"])
         self._base_batch_size = int(state["base_batch_size"])
-        self._last_lr = state["last_lr"]
+        # Version 1 called it the LR of the last step (identical unless that step ran at LR 0).
+        self._buffer_lr = state["buffer_lr"] if "buffer_lr" in state else state["last_lr"]
         self._transition.load_state_dict(state["transition"])
         self._world_size = state["world_size"]
         self._sync_world()
 
     def states_bytes(self):
-        """Optimizer and elastic state, serialised (the payload of :meth:`save_states`)."""
+        """Optimizer and elastic state, serialised (the payload of :meth:`save_states`).
+
+        The layout is MXNet's ``(updater states, optimizer)`` pickle, with the optimizer of
+        MXNet's own class and the elastic state in its attribute ``gluon_elastic``.
+        """
         self._init_eagerly()
         mx.nd.waitall()
-        return pickle.dumps(dict({"format": STATE_FORMAT, "version": STATE_VERSION,
-                                  "elastic": self.elastic_state_dict(),
-                                  "optimizer_states": self._updaters[0].get_states(
-                                      dump_optimizer=False)},
-                                 **self.optimizer_counters()))
+        optimizer = portable_copy(self._optimizer)
+        setattr(optimizer, STATE_ATTRIBUTE, {"format": STATE_FORMAT, "version": STATE_VERSION,
+                                             "elastic": self.elastic_state_dict()})
+        return pickle.dumps((self._updaters[0].states, optimizer))
 
-    def load_states_bytes(self, payload, source="<bytes>"):
-        """Restore what :meth:`states_bytes` produced."""
+    def load_states_bytes(self, payload, source="<bytes>", iteration=None, progress=None):
+        """Restore what :meth:`states_bytes` or :meth:`mxnet.gluon.Trainer.save_states` produced.
+
+        Parameters
+        ----------
+        payload : bytes
+        source : str
+            Named in errors.
+        iteration, progress : int, optional
+            Where training stands, for a file without elastic state (written by
+            ``gluon.Trainer``); default 0. Refused for a file that has its own.
+        """
         try:
-            state = pickle.loads(payload)
+            content = pickle.loads(payload)
         except Exception as err:  # pickle raises several types for damaged input
-            raise ValueError("%s is not an ElasticTrainer state: %s" % (source, err)) from err
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError("%s is not an ElasticTrainer state (format %r)"
-                             % (source, state.get("format") if isinstance(state, dict) else None))
-        if state["version"] > STATE_VERSION:
-            raise ValueError("%s has state version %r; this gluon_elastic reads up to %d"
-                             % (source, state["version"], STATE_VERSION))
+            raise ValueError("%s is not a trainer states file: %s" % (source, err)) from err
+        states, file_optimizer, elastic, counters = _parse_states(content, source)
+        if elastic is not None and (iteration is not None or progress is not None):
+            raise ValueError("%s carries its own iteration and progress; iteration= and "
+                             "progress= are for files written by gluon.Trainer" % source)
         self._init_eagerly()
-        for updater in self._updaters:
-            updater.set_states(state["optimizer_states"])
-        self.load_optimizer_counters(state)
-        self.load_elastic_state_dict(state["elastic"])
+        merged = dict(self._updaters[0].states)
+        for index, state in states.items():
+            _check_state(index, state, merged, self._params, source)
+            merged[index] = state
+        for position, updater in enumerate(self._updaters):
+            # Each device gets its own copy; the updater moves it to its context on first use.
+            updater.states = merged if position == 0 else pickle.loads(pickle.dumps(merged))
+            updater.states_synced = dict.fromkeys(updater.states, False)
+        if file_optimizer is not None:
+            self._optimizer.num_update = file_optimizer.num_update
+            counts = copy.deepcopy(file_optimizer._all_index_update_counts)  # pylint: disable=protected-access
+            self._optimizer._all_index_update_counts = counts  # pylint: disable=protected-access
+            self._optimizer._index_update_count = counts.setdefault(0, {})  # pylint: disable=protected-access
+        elif counters is not None:
+            self.load_optimizer_counters(counters)
+        if elastic is not None:
+            self.load_elastic_state_dict(elastic)
+            return
+        # A Gluon file: optimizer state only. Its v-form buffers were built at its LR.
+        self.iteration = int(iteration or 0)
+        self.progress = int(progress or 0)
+        file_lr = file_optimizer.learning_rate if file_optimizer is not None else None
+        self._buffer_lr = file_lr if file_lr else None
+        self._world_size = None
+        self._sync_world()
 
     def save_states(self, fname):
-        """Save optimizer states and the elastic state to ``fname``."""
+        """Save optimizer states and the elastic state to ``fname``.
+
+        ``gluon.Trainer.load_states`` reads the file too (momentum, counters, the LR of the last
+        step); it ignores the elastic state.
+        """
         payload = self.states_bytes()
         with open(fname, "wb") as fout:
             fout.write(payload)
 
-    def load_states(self, fname):
-        """Load what :meth:`save_states` wrote."""
+    def load_states(self, fname, iteration=None, progress=None):
+        """Load a file of :meth:`save_states` or of ``gluon.Trainer.save_states``.
+
+        A Gluon file gives the optimizer state (momentum, counters); the elastic state starts
+        fresh at ``iteration`` and ``progress`` (default 0) in the current world.
+        """
         with open(fname, "rb") as fin:
-            self.load_states_bytes(fin.read(), source=fname)
+            self.load_states_bytes(fin.read(), source=fname, iteration=iteration,
+                                   progress=progress)
+
+
+def _parse_states(content, source):
+    """``(states, optimizer or None, elastic state or None, counters or None)`` of a states file."""
+    if isinstance(content, dict) and content.get("format") == STATE_FORMAT:
+        # Version 1: a dict of our own around Gluon's states pickle.
+        if content.get("version") != 1:
+            raise ValueError("%s has state version %r; this gluon_elastic reads up to %d"
+                             % (source, content.get("version"), STATE_VERSION))
+        return pickle.loads(content["optimizer_states"]), None, content["elastic"], content
+    if isinstance(content, tuple) and len(content) == 2 \
+            and isinstance(content[1], mx.optimizer.Optimizer):
+        states, optimizer = content
+        meta = getattr(optimizer, STATE_ATTRIBUTE, None)
+        if meta is None:
+            elastic = None
+        elif meta.get("format") != STATE_FORMAT or meta.get("version", 0) > STATE_VERSION:
+            raise ValueError("%s has state version %r; this gluon_elastic reads up to %d"
+                             % (source, meta.get("version"), STATE_VERSION))
+        else:
+            elastic = meta["elastic"]
+    elif isinstance(content, dict):  # gluon.Trainer without the optimizer (dump_optimizer=False)
+        states, optimizer, elastic = content, None, None
+    else:
+        raise ValueError("%s is not a trainer states file (a pickled %s)"
+                         % (source, type(content).__name__))
+    if not isinstance(states, dict) or not all(isinstance(key, int) for key in states):
+        raise ValueError("%s is not a trainer states file: its states are not indexed by "
+                         "parameter" % source)
+    return states, optimizer, elastic, None
+
+
+def _state_shapes(state):
+    if isinstance(state, mx.nd.NDArray):
+        return [state.shape]
+    if isinstance(state, (tuple, list)):
+        return [shape for part in state for shape in _state_shapes(part)]
+    return []
+
+
+def _check_state(index, state, current, params, source):
+    """Refuse a loaded optimizer state that does not fit parameter ``index``."""
+    if index not in current or not 0 <= index < len(params):
+        raise ValueError("%s holds optimizer state for parameter %d, which this trainer does not "
+                         "update" % (source, index))
+    if _state_shapes(state) != _state_shapes(current[index]):
+        raise ValueError("%s: optimizer state of parameter %s has shapes %s, expected %s (another "
+                         "model or optimizer?)" % (source, params[index].name,
+                                                   _state_shapes(state),
+                                                   _state_shapes(current[index])))

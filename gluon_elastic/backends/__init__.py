@@ -19,7 +19,8 @@ def create(name="device", world_size=1):
     ----------
     name : str or mxnet.kvstore.KVStore or Backend or None
         ``'local'``/``'device'`` (one process), ``'dist_sync'``/``'dist_device_sync'`` (KVStore
-        group), ``'horovod'``; a KVStore object is wrapped, a Backend is returned as it is, None
+        group), ``'horovod'``; a KVStore object is wrapped and used as it is (with its settings,
+        such as gradient compression), a Backend is returned as it is, None
         means one process on one device.
     world_size : int
         Emulated workers for the single-process backends.
@@ -40,8 +41,8 @@ def create(name="device", world_size=1):
     if hasattr(name, "type") and hasattr(name, "num_workers"):
         if "dist" in name.type:
             return KVStoreBackend(name)
-        return LocalBackend(name.type if name.type in ("local", "device") else "device",
-                            world_size=world_size)
+        # A store made by the caller is used as it is (its gradient compression included).
+        return LocalBackend(name, world_size=world_size)
     raise ValueError("backend must be a name, an mxnet KVStore or a Backend, got %r" % (name,))
 
 

@@ -9,9 +9,10 @@ class LocalBackend(Backend):
 
     Parameters
     ----------
-    kvstore : {'device', 'local'} or None
+    kvstore : {'device', 'local'}, mxnet.kvstore.KVStore or None
         MXNet store that sums gradients over the devices of this process (``'device'`` reduces on
-        the devices, ``'local'`` on the CPU). None for a single device.
+        the devices, ``'local'`` on the CPU), or a non-distributed store already created, which
+        Gluon then uses as it is (even on one device). None for a single device.
     world_size : int
         Number of workers this process stands for. Above 1 the process emulates a group: the
         caller runs forward/backward for every emulated worker (each on its own per-worker batch,
@@ -23,11 +24,17 @@ class LocalBackend(Backend):
     grad_reduction = "sum"
 
     def __init__(self, kvstore="device", world_size=1):
-        if kvstore not in ("device", "local", None):
-            raise ValueError("LocalBackend kvstore must be 'device', 'local' or None, got %r"
-                             % (kvstore,))
+        if hasattr(kvstore, "type") and hasattr(kvstore, "num_workers"):
+            if "dist" in kvstore.type:
+                raise ValueError("LocalBackend takes a store of one process, got %r: use "
+                                 "KVStoreBackend" % kvstore.type)
+            self.name = kvstore.type
+        elif kvstore in ("device", "local", None):
+            self.name = kvstore or "local"
+        else:
+            raise ValueError("LocalBackend kvstore must be 'device', 'local', a KVStore or None, "
+                             "got %r" % (kvstore,))
         self.kvstore = kvstore
-        self.name = kvstore or "local"
         self._world_size = 1
         self.set_world_size(world_size)
 

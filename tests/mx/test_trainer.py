@@ -203,16 +203,16 @@ def test_damaged_state_file_is_named(tmp_path):
 def test_newer_state_version_is_refused(tmp_path):
     import pickle
     trainer = ElasticTrainer(dense().collect_params(), "sgd", local_batch_size=2)
-    state = pickle.loads(trainer.states_bytes())
-    assert state["format"] == STATE_FORMAT
-    state["version"] = 99
+    states, optimizer = pickle.loads(trainer.states_bytes())
+    assert optimizer.gluon_elastic["format"] == STATE_FORMAT
+    optimizer.gluon_elastic["version"] = 99
     with pytest.raises(ValueError, match="version 99"):
-        trainer.load_states_bytes(pickle.dumps(state), source="future.states")
+        trainer.load_states_bytes(pickle.dumps((states, optimizer)), source="future.states")
 
 
-def test_update_is_not_available():
+def test_update_without_allreduce_grads_is_refused():
     trainer = ElasticTrainer(dense().collect_params(), "sgd", local_batch_size=2)
-    with pytest.raises(NotImplementedError, match="step"):
+    with pytest.raises(ValueError, match="allreduce_grads"):
         trainer.update(2)
 
 
