@@ -41,22 +41,29 @@ What MXNet needs around Horovod, handled here:
   wrapper translates those into ``HorovodInternalError`` so the loop sees them.
 - MXNet's engine is flushed (``mx.nd.waitall()``) before a reset and before the exit, so no
   Horovod op is left in flight when Horovod shuts down.
-- A worker that the driver removes must not abort: Horovod's re-initialisation throws in a C++
-  thread when its slot has no rank any more (exit 134). Before re-initialising after a change
-  announced as removing slots, each worker asks the driver's rendezvous store for its new rank
-  (the same question Horovod's re-initialisation asks) and, when the answer is "none", leaves
-  with exit code 0, which the driver ignores for slots it no longer assigns. After a failure
-  nobody asks early (see the comment in the loop).
-
-A survivor that was exchanging data with another survivor (not with the dead worker) when the
-failure happened only learns of it when Gloo gives up on that exchange: up to
-``HOROVOD_GLOO_TIMEOUT_SECONDS`` later (seen on this machine in about half of the rank-0 kills).
-
-Limit: the early question registers the worker in the driver's next rendezvous round, and the
-re-initialisation registers it once more. After a removal, that second round completes with the
-survivors; a worker *added* in the same round as a removal would not register again and the
-survivors would wait for it. Membership changes that add and remove at once should therefore be
-announced as two changes (a discovery script that moves in single steps).
+- **A failure reaches every survivor at once.** Only the peers of a dead worker get a connection
+  reset; a survivor blocked in a receive from another survivor would wait for
+  ``HOROVOD_GLOO_TIMEOUT_SECONDS``. A worker that sees a collective fail therefore shuts down its
+  own Gloo connections first (:meth:`gluon_elastic.backends.horovod.HorovodBackend.break_connections`),
+  so its peers fail at once and do the same: every survivor resets within a fraction of a second,
+  while a worker that is only slow (stopped, swapping) is still waited for, up to the Gloo timeout.
+- **A removed worker leaves with exit code 0** instead of aborting: Horovod's re-initialisation
+  throws in a C++ thread when its slot has no rank any more (exit 134). Under
+  :mod:`gluon_elastic.horovodrun` each worker first asks the driver whether its slot has a rank
+  in the next world, a question that does *not* register it in the driver's rendezvous round
+  (:func:`ask_next_assignment`). A kept worker registers exactly once, in Horovod's own
+  re-initialisation; a removed one asks Horovod's registering question
+  (:func:`ask_rank_and_size`), which returns once the round is complete, and leaves with exit
+  code 0, which the driver ignores for slots it no longer assigns. Registering every worker only
+  once is what lets a change that adds and removes at once (a replacement) end at the listed
+  world size. Plain ``horovodrun`` cannot answer the non-registering question: there a worker
+  asks the registering one after a change announced as removing slots, and a change that adds
+  and removes at once must be announced as two changes.
+- **Durable commits.** With ``GLUON_ELASTIC_CHECKPOINT_DIR`` set (the launcher sets it), rank 0
+  writes every commit to a :class:`gluon_elastic.checkpoint.CheckpointManager` (serialised at the
+  commit, written in the background), and rank 0 of a fresh launch loads the newest one before
+  its first sync: a relaunch after the driver died or after no worker of the previous world
+  survived loses only the steps since the last commit.
 
 On backends that are not elastic in place (KVStore: restart elasticity), on the local backend
 and under plain ``horovodrun -np N``, the wrapper syncs once and calls ``func(state)`` once.
@@ -66,14 +73,18 @@ import logging
 import os
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import mxnet as mx
 
+from .checkpoint import CheckpointManager
+from .horovodrun import NEXT_ASSIGNMENT_SCOPE
+from .restart import ENV
 from .state import HOSTS_REMOVED
 
 __all__ = ["run", "HorovodInternalError", "HostsUpdatedInterrupt", "is_horovod_error",
-           "ask_rank_and_size"]
+           "ask_rank_and_size", "ask_next_assignment"]
 
 logger = logging.getLogger("gluon_elastic")
 
@@ -119,11 +130,26 @@ def _flush():
             raise
 
 
+def _rendezvous_url(scope):
+    addr = os.environ["HOROVOD_GLOO_RENDEZVOUS_ADDR"]
+    port = os.environ["HOROVOD_GLOO_RENDEZVOUS_PORT"]
+    key = "%s:%s" % (os.environ["HOROVOD_HOSTNAME"], os.environ["HOROVOD_LOCAL_RANK"])
+    return "http://%s:%s/%s/%s" % (addr, port, scope, key)
+
+
+def _parse_slot_answer(text, url):
+    values = tuple(int(v) for v in text.split(","))
+    if len(values) != 6:
+        raise RuntimeError("unexpected rendezvous answer %r from %s" % (values, url))
+    return values
+
+
 def ask_rank_and_size(timeout=600.0):
     """Ask the elastic driver's rendezvous store for this slot's rank in the next world.
 
-    Blocks until every worker of the current world has asked (the driver's barrier), like
-    Horovod's own re-initialisation does.
+    The question registers the slot in the driver's rendezvous round and blocks until every
+    worker of the current world has registered (the driver's barrier), as Horovod's own
+    re-initialisation does.
 
     Returns
     -------
@@ -131,15 +157,30 @@ def ask_rank_and_size(timeout=600.0):
         ``(rank, size, local_rank, local_size, cross_rank, cross_size)``; rank -1 means this slot
         has been removed from the job.
     """
-    addr = os.environ["HOROVOD_GLOO_RENDEZVOUS_ADDR"]
-    port = os.environ["HOROVOD_GLOO_RENDEZVOUS_PORT"]
-    key = "%s:%s" % (os.environ["HOROVOD_HOSTNAME"], os.environ["HOROVOD_LOCAL_RANK"])
-    url = "http://%s:%s/rank_and_size/%s" % (addr, port, key)
+    url = _rendezvous_url("rank_and_size")
     with urllib.request.urlopen(url, timeout=timeout) as response:
-        values = tuple(int(v) for v in response.read().decode("ascii").split(","))
-    if len(values) != 6:
-        raise RuntimeError("unexpected rendezvous answer %r from %s" % (values, url))
-    return values
+        return _parse_slot_answer(response.read().decode("ascii"), url)
+
+
+def ask_next_assignment(timeout=30.0):
+    """Whether this slot has a rank in the world the driver forms next; registers nothing.
+
+    Answered by :mod:`gluon_elastic.horovodrun`'s driver from the hosts it knows now (discovery
+    and blacklist), before the rendezvous round completes.
+
+    Returns
+    -------
+    bool or None
+        None when the driver does not answer this question (plain ``horovodrun``).
+    """
+    url = _rendezvous_url(NEXT_ASSIGNMENT_SCOPE)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return _parse_slot_answer(response.read().decode("ascii"), url)[0] >= 0
+    except urllib.error.HTTPError as err:
+        if err.code == 404:  # Horovod's own store: an unknown scope holds no value
+            return None
+        raise
 
 
 def _leave_removed():
@@ -155,14 +196,44 @@ def _leave_removed():
     os._exit(0)  # pylint: disable=protected-access
 
 
-def _reset(hvd, removal_possible):
-    """Shut Horovod down and re-initialise it on the new world."""
+def _reset(hvd, backend, removal_announced):
+    """Shut Horovod down and re-initialise it on the new world (or leave, if removed)."""
     _flush()
     hvd.shutdown()
-    if removal_possible:
-        if ask_rank_and_size()[0] < 0:
-            _leave_removed()
-    hvd.init()
+    kept = ask_next_assignment()
+    # Under the project's driver only a removed slot asks the registering question; under plain
+    # horovodrun every worker asks it after a change announced as a removal (module docstring).
+    ask_early = removal_announced if kept is None else not kept
+    if ask_early and ask_rank_and_size()[0] < 0:
+        _leave_removed()
+    backend.init()
+
+
+class _DurableCommits:
+    """Rank 0 writes every commit to a checkpoint directory; a fresh launch resumes from it."""
+
+    def __init__(self, state, directory):
+        self.state = state
+        self.manager = CheckpointManager(directory)
+
+    def resume(self):
+        """Load the newest checkpoint into rank 0's state (the first sync spreads it)."""
+        if self.state.trainer.rank != 0:
+            return
+        loaded = self.manager.load_latest()
+        if loaded is None:
+            return
+        self.state.load_state_dict(loaded.state)
+        self.state.save()
+        logger.info("resumed from %s (iteration %d)", loaded.path, self.state.trainer.iteration)
+
+    def __call__(self, state):
+        if state.trainer.rank == 0:
+            self.manager.save(state.saved_state_dict, step=state.trainer.iteration,
+                              blocking=False)
+
+    def close(self):
+        self.manager.wait()
 
 
 def _finish(backend):
@@ -207,6 +278,13 @@ def _run_elastic(func, state, backend, args, kwargs):
     import horovod.mxnet as hvd
     from horovod.common.elastic import notification_manager
 
+    durable = None
+    if os.environ.get(ENV["checkpoint_dir"]):
+        durable = _DurableCommits(state, os.environ[ENV["checkpoint_dir"]])
+        # Rank 0 of a fresh process belongs to a launch's first world: the driver gives rank 0
+        # to the oldest host still present, never to a joiner.
+        durable.resume()
+        state.register_commit_callbacks([durable])
     notification_manager.init()
     notification_manager.register_listener(state)
     try:
@@ -217,24 +295,24 @@ def _run_elastic(func, state, backend, args, kwargs):
                 _finish(backend)
                 break
             except HorovodInternalError as err:
-                logger.info("rank %d: collective failed (%s); restoring the last commit",
-                            backend.rank, err)
+                # First of all, make every peer fail now rather than at its Gloo timeout.
+                broken = backend.break_connections()
+                logger.info("rank %d: collective failed (%s); shut down %d Gloo connections, "
+                            "restoring the last commit", backend.rank, err, broken)
                 _flush()
                 state.restore()
-                # No early question after a failure: the driver blacklists the dead worker's
-                # whole host and terminates the workers it had there, so no survivor can find
-                # itself removed; every survivor registers exactly once, in Horovod's own
-                # re-initialisation.
-                removal_possible = False
+                removal_announced = False
             except HostsUpdatedInterrupt:
-                removal_possible = bool(state.last_host_update & HOSTS_REMOVED)
+                removal_announced = bool(state.last_host_update & HOSTS_REMOVED)
             old_rank, old_size, tic = backend.rank, backend.world_size, time.time()
-            _reset(hvd, removal_possible)
+            _reset(hvd, backend, removal_announced)
             elapsed = time.time() - tic
             state.on_reset()
             logger.info("reset: rank %d of %d -> rank %d of %d in %.2f s", old_rank, old_size,
                         backend.rank, backend.world_size, elapsed)
     finally:
         notification_manager.remove_listener(state)
+        if durable is not None:
+            durable.close()
     hvd.shutdown()
     return result

@@ -8,29 +8,32 @@ BatchNorm running statistics included), the optimizer states of the
 world, transition in force), the position of an :class:`gluon_elastic.data.ElasticSampler`, and
 plain user values given as keyword arguments (``state.epoch``, ``state.batch``...).
 
-- :meth:`commit` copies all of it to host memory (and calls the commit callbacks, e.g. a
-  checkpoint writer), then checks for membership changes. Commits cost a device-to-host copy of
-  the model and its momentum: commit every few steps, not every step; the work since the last
-  commit is what a failure costs.
+It is a :class:`horovod.common.elastic.State`: the membership notifications, their agreement
+across ranks, ``commit`` (save, then check for changes) and the reset callbacks are Horovod's.
+What MXNet adds is here:
+
+- :meth:`save` copies all of it to host memory; :meth:`commit` (Horovod's) saves, calls the commit
+  callbacks (e.g. a checkpoint writer), then checks for membership changes. Commits cost a
+  device-to-host copy of the model and its momentum: commit every few steps, not every step; the
+  work since the last commit is what a failure costs.
 - :meth:`restore` puts the last commit back (after a failed collective).
 - :meth:`sync` broadcasts rank 0's live state to every rank through the trainer's backend, so a
   joining worker starts from exactly what the others hold. The trainer then compares the world it
   was committed in with the current one and starts the configured transition (Dynamic SGD ramp).
-- :meth:`check_host_updates` raises :class:`horovod.common.exceptions.HostsUpdatedInterrupt` on
-  every rank at the same call when the elastic driver announced a membership change: rank 0's view
-  is broadcast first, so all ranks agree before any of them acts.
+- :meth:`check_host_updates` flushes MXNet's engine first (a broadcast must not overlap Horovod ops
+  still queued) and then runs Horovod's check, whose agreement is one fixed-shape broadcast of
+  rank 0's view; it raises :class:`horovod.common.exceptions.HostsUpdatedInterrupt` on every rank
+  at the same call. On backends without an elastic driver it never raises and costs nothing.
 - :meth:`state_dict` / :meth:`load_state_dict` give the same content as plain values, the format
-  saved by checkpoints (KVStore restarts).
-
-The membership notifications come from Horovod's elastic driver; on other backends
-:meth:`check_host_updates` never raises and costs nothing.
+  saved by checkpoints (KVStore restarts, the durable commits of elastic Horovod).
 """
 import copy
 import logging
-import queue
 
 import mxnet as mx
 import numpy as np
+from horovod.common.elastic import State
+from horovod.common.exceptions import HostsUpdatedInterrupt
 
 __all__ = ["ElasticState", "STATE_FORMAT", "STATE_VERSION"]
 
@@ -60,7 +63,7 @@ def _collect_params(net_or_params):
     return params
 
 
-class ElasticState:
+class ElasticState(State):
     """Commit/restore/sync of a Gluon model, its ElasticTrainer, a sampler and user values.
 
     Parameters
@@ -79,6 +82,9 @@ class ElasticState:
     ----------
     generation : int
         Number of resets this job has gone through (rank 0's count after a sync).
+    last_host_update : int
+        Combined kind of the last membership change acted upon (Horovod's ``HostUpdateResult``
+        bits: 1 slots removed, 2 slots added).
     """
 
     def __init__(self, net_or_params, trainer, sampler=None, **user_values):
@@ -96,10 +102,9 @@ class ElasticState:
         self.sampler = sampler
         for name, value in user_values.items():
             setattr(self, name, value)
+        super().__init__(bcast_object=self._broadcast_host_view, get_rank=lambda: trainer.rank)
         self.last_host_update = 0
-        self._host_messages = queue.Queue()
-        self._last_updated_timestamp = 0
-        self._reset_callbacks = []
+        self._host_view = (0, 0, 0)
         self._commit_callbacks = []
         self._saved = None
         self.save()
@@ -178,6 +183,11 @@ class ElasticState:
             callback(self)
         self.check_host_updates()
 
+    @property
+    def saved_state_dict(self):
+        """The last commit as plain values (what :meth:`state_dict` returned at :meth:`save`)."""
+        return self._saved
+
     def restore(self):
         """Go back to the last commit, undoing the work done since."""
         self.load_state_dict(self._saved)
@@ -211,60 +221,42 @@ class ElasticState:
         self.generation = meta["generation"]
 
     # ---------------------------------------------------------------------- membership changes
-    def on_hosts_updated(self, timestamp, update_res):
-        """Listener hook of Horovod's worker notification service (runs in its thread)."""
-        self._host_messages.put((timestamp, int(update_res)))
+    def _broadcast_host_view(self, view):
+        """Horovod's agreement on host updates as one collective: rank 0's 3 integers win.
+
+        A fixed-shape float64 array rather than a pickled object: an object costs two
+        collectives (its size, then its bytes), and this runs at every check.
+        """
+        array = mx.nd.array(view, dtype="float64")
+        self.trainer.backend.broadcast_arrays([array], root_rank=0, name="host_updates")
+        self._host_view = tuple(int(v) for v in array.asnumpy())
+        return self._host_view
 
     def check_host_updates(self):
         """Raise ``HostsUpdatedInterrupt`` on every rank if the driver announced a change.
 
-        Rank 0 receives the driver's notifications; its view (latest timestamp, combined update
-        kind) is broadcast so that all ranks raise at the same call. ``last_host_update`` keeps
-        the combined kind (bit 1: slots removed, bit 2: slots added) for the reset that follows.
+        Rank 0 receives the driver's notifications; its view (previous and latest timestamp,
+        combined update kind) is broadcast so that all ranks raise at the same call, and the
+        combined kind is kept in ``last_host_update`` for the reset that follows.
         """
-        backend = self.trainer.backend
-        if not backend.elastic_driver:
+        if not self.trainer.backend.elastic_driver:
             return
-        newest, update = self._last_updated_timestamp, 0
-        while True:
-            try:
-                timestamp, kind = self._host_messages.get_nowait()
-            except queue.Empty:
-                break
-            if timestamp > newest:
-                newest = timestamp
-                update |= kind
-        # Flush MXNet's engine: the broadcast below must not overlap Horovod ops still queued.
+        # Flush MXNet's engine: the broadcast must not overlap Horovod ops still queued.
         mx.nd.waitall()
-        # One fixed-shape array rather than a pickled object: a single collective per check
-        # (an object costs two: its size, then its bytes).
-        view = mx.nd.array([self._last_updated_timestamp, newest, update], dtype="float64")
-        backend.broadcast_arrays([view], root_rank=0, name="host_updates")
-        previous, newest, update = (int(v) for v in view.asnumpy())
-        self._last_updated_timestamp = newest
-        if newest > previous:
-            from horovod.common.exceptions import HostsUpdatedInterrupt
-
-            self.last_host_update = update
-            # skip_sync as Horovod's own states set it (only removals); gluon_elastic.run.run
-            # syncs after every reset regardless, since BatchNorm statistics drift between ranks.
-            raise HostsUpdatedInterrupt(update == HOSTS_REMOVED)
+        try:
+            super().check_host_updates()
+        except HostsUpdatedInterrupt:
+            self.last_host_update = self._host_view[2]
+            raise
 
     # ------------------------------------------------------------------------------ callbacks
-    def register_reset_callbacks(self, callbacks):
-        """Call each of ``callbacks`` (no arguments) after every reset, before the next sync."""
-        self._reset_callbacks.extend(callbacks)
-
     def register_commit_callbacks(self, callbacks):
         """Call each of ``callbacks`` with this state after every commit (e.g. to checkpoint)."""
         self._commit_callbacks.extend(callbacks)
 
-    def on_reset(self):
-        """Called by :func:`gluon_elastic.run.run` after a reset: new world, before the sync."""
+    def reset(self):
+        """Horovod's hook after a reset (new world, before the callbacks and the sync)."""
         self.generation += 1
-        self._host_messages = queue.Queue()
-        for callback in self._reset_callbacks:
-            callback()
         # Reading the multiplier makes the trainer compare its world with the backend's and
         # start the transition now (logged once per change); the sync that follows replaces it
         # with rank 0's, which made the same decision.

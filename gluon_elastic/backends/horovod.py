@@ -12,13 +12,35 @@ between the two (a loaded machine), the log line reads freed memory: the worker 
 copies a garbage-sized string until it holds tens of GB. The all-reduce path builds its log line
 before queueing and is not affected; ``x + 0`` is exact, so the result is root's value bit for
 bit (a negative zero becomes a positive one, on every rank alike).
+
+Failure propagation: when a worker dies, only the survivors that were exchanging data with it see
+the error at once ("Connection reset by peer"); a survivor blocked in a receive from another
+survivor waits for ``HOROVOD_GLOO_TIMEOUT_SECONDS``. :meth:`HorovodBackend.break_connections`
+shuts down (``shutdown(SHUT_RDWR)``) the TCP connections that Horovod's Gloo contexts opened in
+:meth:`HorovodBackend.init`, so every peer of a survivor that saw the failure sees one too: the
+error spreads through the mesh in a fraction of a second, with no short Gloo timeout that would
+also remove workers that are only slow.
 """
 import os
 import pickle
+import socket
 
 from .base import Backend
 
-__all__ = ["HorovodBackend"]
+__all__ = ["HorovodBackend", "socket_inodes"]
+
+
+def socket_inodes():
+    """``{fd: inode}`` of the sockets this process has open (from ``/proc/self/fd``)."""
+    found = {}
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + entry)
+        except OSError:  # closed since listdir (the listing's own fd among them)
+            continue
+        if target.startswith("socket:["):
+            found[int(entry)] = target
+    return found
 
 
 class HorovodBackend(Backend):
@@ -28,6 +50,8 @@ class HorovodBackend(Backend):
 
     ``elastic_driver`` is True under ``horovodrun --host-discovery-script``
     (``HOROVOD_ELASTIC=1``): a joining worker's state comes from ``ElasticState.sync()``.
+    ``gloo_sockets`` maps the file descriptors of the connections the last :meth:`init` opened
+    to their socket inodes (what :meth:`break_connections` shuts down).
     """
 
     name = "horovod"
@@ -39,8 +63,52 @@ class HorovodBackend(Backend):
 
         self._hvd = hvd
         self.elastic_driver = os.environ.get("HOROVOD_ELASTIC") == "1"
+        self.gloo_sockets = {}
         if not hvd.is_initialized():
-            hvd.init()
+            self.init()
+
+    def init(self):
+        """``hvd.init()``, remembering the TCP connections it opened (Gloo's full mesh).
+
+        The Gloo contexts connect every pair of workers before ``hvd.init()`` returns, so the
+        sockets that appear during the call and are connected afterwards are exactly Gloo's (the
+        rendezvous HTTP requests are closed by then; listening sockets are left alone).
+        """
+        import psutil
+
+        before = socket_inodes()
+        self._hvd.init()
+        opened = {fd: inode for fd, inode in socket_inodes().items()
+                  if before.get(fd) != inode}
+        connected = {conn.fd for conn in psutil.Process().net_connections(kind="tcp")
+                     if conn.status == psutil.CONN_ESTABLISHED}
+        self.gloo_sockets = {fd: inode for fd, inode in opened.items() if fd in connected}
+
+    def break_connections(self):
+        """Shut down the Gloo connections of the last :meth:`init`; returns how many.
+
+        Called by a worker that saw a collective fail: each of its peers then fails its own
+        pending receive or send at once, and does the same in turn. A descriptor that no longer
+        holds the socket it held at init (closed and reused since) is left alone. Shutting a
+        duplicate down acts on the shared socket, and the descriptor stays Gloo's to close.
+        """
+        broken = 0
+        for fd, inode in self.gloo_sockets.items():
+            try:
+                if os.readlink("/proc/self/fd/%d" % fd) != inode:
+                    continue
+                sock = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                broken += 1
+            except OSError:  # already disconnected
+                pass
+            finally:
+                sock.close()
+        self.gloo_sockets = {}
+        return broken
 
     @property
     def rank(self):

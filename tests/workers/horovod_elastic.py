@@ -150,12 +150,17 @@ def main(argv=None):
                             "hosts": [g[2] for g in gathered]})
 
     def wait_for_world(iteration):
-        # Only at a boundary of the schedule, and only while the world is not the scheduled one.
-        # A host blacklisted after a failure keeps its slots out of the world, so the wait ends
-        # at the first change rather than at the scheduled size.
+        # Only at a boundary of the schedule, and only while the world is not the scheduled one
+        # (a replacement, same size on other hosts, always waits). A host blacklisted after a
+        # failure keeps its slots out of the world, so the wait ends at the first change rather
+        # than at the scheduled size.
+        if iteration == 0 or state.waited_at == iteration:
+            return
         wanted = discovery.world_size_at(schedule, iteration)
-        if iteration == 0 or wanted == discovery.world_size_at(schedule, iteration - 1) \
-                or wanted == trainer.world_size or state.waited_at == iteration:
+        previous = discovery.world_size_at(schedule, iteration - 1)
+        replaced = wanted == previous and discovery.hosts_at(schedule, iteration) \
+            != discovery.hosts_at(schedule, iteration - 1)
+        if not replaced and (wanted == previous or wanted == trainer.world_size):
             return
         # A user value, so that the ranks of the next world (rank 0's after the sync) agree.
         state.waited_at = iteration

@@ -1,0 +1,459 @@
+"""Elastic Horovod launcher: Horovod's elastic driver, under a supervisor that relaunches it.
+
+    python -m gluon_elastic.horovodrun -np 2 --min-np 1 --max-np 4 \\
+        --host-discovery-script ./discover.sh --network-interface lo \\
+        --checkpoint-dir /tmp/job --max-restarts 3 -- \\
+        python scripts/train_mnist.py --backend horovod
+
+The flags mean what ``horovodrun``'s flags of the same name mean (``-np``, ``--min-np``,
+``--max-np``, ``-H``, ``--host-discovery-script``, ``--slots-per-host``, ``--network-interface``,
+``--blacklist-cooldown-range``, ``--elastic-timeout``); Gloo is always the controller. The worker
+script is an ordinary elastic one (:func:`gluon_elastic.run.run` around an
+:class:`gluon_elastic.state.ElasticState`); plain ``horovodrun`` still runs it, with in-place
+elasticity only.
+
+Contract
+--------
+Two processes of this module run the job:
+
+* **The driver** (one per generation) is Horovod 0.28.1's own elastic runner: its
+  ``ElasticDriver``, rendezvous server, host discovery, worker notifications and process
+  launching, put together as ``horovodrun`` does, with two additions in :class:`ElasticDriver`
+  and its rendezvous handler:
+
+  - a question a worker can ask without registering in the current rendezvous round, "does my
+    slot have a rank in the next world?" (:data:`NEXT_ASSIGNMENT_SCOPE`), answered from the
+    hosts the driver knows now. Horovod's own question (``rank_and_size``) registers the worker,
+    and Horovod's re-initialisation asks it again, so a worker that asked early is counted twice
+    and a world that adds a worker while removing another never completes its round (the joiner
+    times out and the job goes on smaller). With this question only a removed worker registers
+    early (see :mod:`gluon_elastic.run`);
+  - when the next world would hold no host of the previous one (the previous world's hosts left
+    the discovery list while the others died), Horovod's driver cannot broadcast the state and
+    ends the job; this driver ends with :data:`EXIT_NO_SURVIVOR` instead, for the supervisor.
+
+* **The supervisor** (the command you run) starts the driver in a session of its own, with
+  ``GLUON_ELASTIC_CHECKPOINT_DIR`` (``--checkpoint-dir``, a temporary directory removed at the end
+  when not given) and ``GLUON_ELASTIC_GENERATION``. The workers' rank 0 writes every commit there
+  (:class:`gluon_elastic.checkpoint.CheckpointManager`: atomic, checksummed). When the driver
+  exits non-zero (killed, no survivor, workers failed), the supervisor kills every process of
+  that generation (its session, and every process that carries its generation token in the
+  environment), writes one line naming the cause and the checkpoint it resumes from, and starts a
+  new driver on the hosts listed at that moment (``-np`` becomes ``--min-np``); rank 0 of the new
+  world loads the newest checkpoint before the first sync, so the work lost is at most the steps
+  since the last commit. After ``--max-restarts`` relaunches it gives up and returns the driver's
+  exit code. SIGINT and SIGTERM stop the job.
+
+Process ends: the supervisor's exit code is 0 when the job finished, else the last driver's
+(128 + N for a driver killed by signal N). No process of the job outlives the supervisor on this
+machine; remote workers die with their ``ssh`` session (Horovod's launching).
+"""
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from horovod.runner.common.util import hosts as hvd_hosts
+from horovod.runner.elastic.driver import ElasticDriver as HorovodElasticDriver
+
+from .flags import non_negative_int, positive_int
+from .restart import ENV
+
+__all__ = ["NEXT_ASSIGNMENT_SCOPE", "EXIT_NO_SURVIVOR", "ElasticDriver", "rendezvous_handler",
+           "run_driver", "Supervisor", "driver_command", "processes_with_env", "main"]
+
+# Rendezvous-store scope of the non-registering question (GET /next_assignment/<host>:<slot>).
+NEXT_ASSIGNMENT_SCOPE = "next_assignment"
+# Driver exit code: the next world would hold no worker of the previous one (EX_TEMPFAIL).
+EXIT_NO_SURVIVOR = 75
+# Environment variable carrying the token of a driver generation, inherited by its workers.
+TOKEN_ENV = "GLUON_ELASTIC_JOB_TOKEN"
+
+logger = logging.getLogger("gluon_elastic")
+
+
+def _note(text):
+    """One line of the launcher's own, flushed at once (the tests read it as it comes)."""
+    sys.stdout.write("[gluon_elastic.horovodrun] %s\n" % text)
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------ driver
+class ElasticDriver(HorovodElasticDriver):
+    """Horovod's elastic driver with a non-registering rank question and a no-survivor report.
+
+    Same arguments as ``horovod.runner.elastic.driver.ElasticDriver``.
+
+    Attributes
+    ----------
+    no_survivor : str or None
+        Why the next world could not be formed from the previous one, once that happened.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.no_survivor = None
+
+    def next_slot_info(self, host, slot):
+        """Slot info of ``host[slot]`` in the world the hosts known now would form.
+
+        Registers nothing: the current rendezvous round is left as it is.
+        """
+        with self._wait_hosts_cond:
+            current = self._host_manager.current_hosts
+            if self._host_manager.is_blacklisted(host) \
+                    or host not in current.host_assignment_order:
+                return hvd_hosts.INVALID_SLOT_INFO
+            if current.count_available_slots() < self._min_num_proc:
+                # The round will wait for more slots; this host stays listed.
+                return self.get_slot_info(host, slot)
+            assignments, _ = self._get_host_assignments(current)
+        if len(assignments.get(host, ())) > slot:
+            return assignments[host][slot]
+        return hvd_hosts.INVALID_SLOT_INFO
+
+    def _update_host_assignments(self, current_hosts):
+        if self._host_assignments:
+            next_assignments, _ = self._get_host_assignments(current_hosts)
+            if not set(self._host_assignments) & set(next_assignments):
+                # Horovod's driver raises next and ends the job; the supervisor relaunches it.
+                self.no_survivor = ("no worker of the previous world survives (its hosts %s, "
+                                    "listed now %s)" % (",".join(sorted(self._host_assignments)),
+                                                        ",".join(sorted(next_assignments))))
+        return super()._update_host_assignments(current_hosts)
+
+
+def rendezvous_handler(driver):
+    """Horovod's elastic rendezvous handler, also answering :data:`NEXT_ASSIGNMENT_SCOPE`."""
+    from horovod.runner.elastic.rendezvous import create_rendezvous_handler
+
+    base = create_rendezvous_handler(driver)
+
+    class Handler(base):
+        def _get_value(self, scope, key):
+            if scope == NEXT_ASSIGNMENT_SCOPE:
+                host, local_rank = key.split(":")
+                info = driver.next_slot_info(host, int(local_rank))
+                return info.to_response_string().encode("ascii")
+            return super()._get_value(scope, key)
+
+    return Handler
+
+
+def run_driver(args):
+    """Run one generation of the job with Horovod's elastic runner; returns the exit code."""
+    from horovod.runner import gloo_run
+    from horovod.runner.common.util import secret
+    from horovod.runner.common.util import timeout as hvd_timeout
+    from horovod.runner.driver import driver_service
+    from horovod.runner.elastic import discovery
+    from horovod.runner.elastic.settings import ElasticSettings
+    from horovod.runner.http.http_server import RendezvousServer
+    from horovod.runner.util import network
+
+    if args.host_discovery_script:
+        host_discovery = discovery.HostDiscoveryScript(args.host_discovery_script,
+                                                       args.slots_per_host)
+    else:
+        host_discovery = discovery.FixedHosts(hvd_hosts.parse_hosts_and_slots(args.hosts)[1])
+    min_np = args.min_np or args.np
+    nics = set(args.network_interface.split(",")) if args.network_interface else None
+    settings = ElasticSettings(
+        discovery=host_discovery, min_num_proc=min_np, max_num_proc=args.max_np,
+        elastic_timeout=args.elastic_timeout, reset_limit=None,
+        cooldown_range=args.blacklist_cooldown_range, num_proc=args.np,
+        verbose=2 if args.verbose else 0, key=secret.make_secret_key(),
+        start_timeout=hvd_timeout.Timeout(args.start_timeout,
+                                          message="Timed out waiting for {activity}."),
+        nics=nics, run_func_mode=False, output_filename=None,
+        prefix_output_with_timestamp=False)
+    rendezvous = RendezvousServer(settings.verbose)
+    driver = ElasticDriver(rendezvous, host_discovery, min_np, args.max_np,
+                           timeout=args.elastic_timeout,
+                           cooldown_range=args.blacklist_cooldown_range,
+                           verbose=settings.verbose)
+    port = rendezvous.start(rendezvous_handler(driver))
+    # Without --network-interface the interfaces are tested between two hosts, as horovodrun does.
+    current = driver.wait_for_available_slots(args.np, min_hosts=1 if nics else 2)
+    common_nics = driver_service.get_common_interfaces(settings, current.host_assignment_order)
+    server_ip = network.get_driver_ip(common_nics)
+    event = gloo_run.register_shutdown_event()
+    run_command = gloo_run.get_run_command(args.command, server_ip, common_nics, port,
+                                           elastic=True)
+    # pylint: disable-next=protected-access
+    create_worker = gloo_run._create_elastic_worker_fn(gloo_run._exec_command_fn(settings),
+                                                       run_command, os.environ.copy(), event)
+    driver.start(args.np, create_worker)
+    results = driver.get_results()
+    driver.stop()
+    if driver.no_survivor:
+        _note("driver: %s" % driver.no_survivor)
+        return EXIT_NO_SURVIVOR
+    if results.error_message is not None:
+        _note("driver: %s" % results.error_message)
+        return 1
+    for name, (code, _) in sorted(results.worker_results.items(), key=lambda item: item[1][1]):
+        if code != 0:
+            _note("driver: worker %s exited with code %d" % (name, code))
+            return 1
+    return 0
+
+
+# -------------------------------------------------------------------------------- supervisor
+def processes_with_env(var, value):
+    """Pids of live processes of this user whose environment holds ``var=value`` (no zombies)."""
+    needle = ("%s=%s" % (var, value)).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:  # other users' processes are unreadable, and any may exit while we look
+            with open("/proc/%s/environ" % entry, "rb") as fin:
+                if needle not in fin.read().split(b"\0"):
+                    continue
+            with open("/proc/%s/stat" % entry) as stat:
+                if stat.read().rsplit(")", 1)[-1].split()[0] != "Z":
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+class Supervisor:
+    """Run drivers until the job finishes, relaunching from the last durable checkpoint.
+
+    Parameters
+    ----------
+    driver_command : callable
+        ``driver_command(np)`` is the command line of a driver generation that starts ``np``
+        workers (:func:`driver_command`).
+    np, min_np : int
+        ``-np`` of the first generation; relaunches start with ``min_np``.
+    checkpoint_dir : str
+        Durable commits of the workers' rank 0.
+    max_restarts : int
+        Relaunches before giving up.
+    """
+
+    def __init__(self, driver_command, np, min_np, checkpoint_dir, max_restarts):
+        self.driver_command = driver_command
+        self.np = np
+        self.min_np = min_np
+        self.checkpoint_dir = checkpoint_dir
+        self.max_restarts = max_restarts
+        self.token = uuid.uuid4().hex
+        self.generation = 0
+        self.restarts = 0
+        self.proc = None
+        self.stop_signal = None
+
+    def _last_checkpoint(self):
+        from .checkpoint import CheckpointManager  # lists files; imports no MXNet
+
+        manager = CheckpointManager(self.checkpoint_dir)
+        steps = manager.steps()
+        return manager.path(steps[-1]) if steps else "no checkpoint yet (from the start)"
+
+    def _start(self):
+        env = dict(os.environ)
+        env[ENV["checkpoint_dir"]] = self.checkpoint_dir
+        env[ENV["generation"]] = str(self.generation)
+        env[TOKEN_ENV] = "%s-%d" % (self.token, self.generation)
+        np = self.np if self.generation == 0 else self.min_np
+        self.proc = subprocess.Popen(self.driver_command(np), env=env, start_new_session=True)
+        return self.proc
+
+    def kill_generation(self):
+        """SIGKILL the driver's session and every process carrying this generation's token."""
+        token = "%s-%d" % (self.token, self.generation)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for _ in range(3):  # a process may fork while we kill
+            pids = processes_with_env(TOKEN_ENV, token)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        if self.proc.poll() is None:
+            self.proc.wait()
+
+    def interrupt(self, signum):
+        """Stop the job (from a signal handler): the driver gets the signal, then is killed."""
+        self.stop_signal = signum
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def describe(code):
+        """Why a driver that exited with ``code`` ended, in words."""
+        if code < 0:
+            return "the driver was killed by signal %d" % -code
+        if code == EXIT_NO_SURVIVOR:
+            return "no worker of the previous world survives"
+        return "the driver exited with code %d (workers failed)" % code
+
+    def run(self):
+        """Run the job to its end; returns the exit code (see the module docstring)."""
+        while True:
+            self._start()
+            while True:
+                try:
+                    code = self.proc.wait()
+                    break
+                except KeyboardInterrupt:  # SIGINT reached us too: wait for the driver's end
+                    continue
+            self.kill_generation()
+            if self.stop_signal is not None:
+                _note("stopped by signal %d" % self.stop_signal)
+                return 128 + self.stop_signal
+            if code == 0:
+                if self.restarts:
+                    _note("job finished after %d relaunch(es)" % self.restarts)
+                return 0
+            if self.restarts >= self.max_restarts:
+                _note("giving up: %s and the restart limit (--max-restarts %d) is used up; last "
+                      "checkpoint: %s" % (self.describe(code), self.max_restarts,
+                                          self._last_checkpoint()))
+                return code if code > 0 else 128 - code
+            self.restarts += 1
+            self.generation += 1
+            _note("%s; relaunching on the listed hosts from %s (restart %d of %d)"
+                  % (self.describe(code), self._last_checkpoint(), self.restarts,
+                     self.max_restarts))
+
+
+# ---------------------------------------------------------------------------- command line
+def _cooldown_range(text):
+    parts = text.split(",") if "," in text else text.split()
+    try:
+        low, high = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected MIN,MAX seconds, got %r" % text) from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError("need 1 <= MIN <= MAX, got %r" % text)
+    return low, high
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m gluon_elastic.horovodrun",
+        description="Run an elastic Horovod job (Gloo) whose workers join, leave and die in "
+                    "place, relaunched from its last durable commit when the driver dies or no "
+                    "worker of the previous world survives.")
+    parser.add_argument("-np", "--num-proc", dest="np", type=positive_int, required=True,
+                        help="workers to start with")
+    parser.add_argument("--min-np", "--min-num-proc", dest="min_np", type=positive_int,
+                        default=None, help="fewest workers to run with (default: -np)")
+    parser.add_argument("--max-np", "--max-num-proc", dest="max_np", type=positive_int,
+                        default=None, help="most workers to run with")
+    members = parser.add_mutually_exclusive_group(required=True)
+    members.add_argument("-H", "--hosts", help="fixed hosts, HOST:SLOTS[,HOST:SLOTS...]")
+    members.add_argument("--host-discovery-script",
+                         help="executable printing HOST[:SLOTS] lines, run about once a second")
+    parser.add_argument("--slots-per-host", type=positive_int, default=1,
+                        help="slots of a discovered host printed without a count")
+    parser.add_argument("--network-interface", default=None,
+                        help="network interfaces to use, comma-separated (e.g. lo on one machine)")
+    parser.add_argument("--blacklist-cooldown-range", type=_cooldown_range, default=None,
+                        metavar="MIN,MAX",
+                        help="seconds after which a host that failed may be used again "
+                             "(doubling from MIN up to MAX); default: never")
+    parser.add_argument("--elastic-timeout", type=positive_int, default=600,
+                        help="seconds to wait for --min-np slots (default: %(default)s)")
+    parser.add_argument("--start-timeout", type=positive_int, default=30,
+                        help="seconds for the driver's start-up checks (default: %(default)s)")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="durable commits of the job (default: a temporary directory "
+                             "removed at the end)")
+    parser.add_argument("--max-restarts", type=non_negative_int, default=3,
+                        help="relaunches after the driver died or no worker survived "
+                             "(default: %(default)s)")
+    parser.add_argument("--verbose", action="store_true", help="Horovod's driver logs")
+    parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="worker command, after '--'")
+    args = parser.parse_args(argv)
+    if args.command and args.command[0] == "--":
+        args.command = args.command[1:]
+    if not args.command:
+        parser.error("give the worker command after '--'")
+    min_np = args.min_np or args.np
+    if min_np > args.np or (args.max_np is not None and args.max_np < args.np):
+        parser.error("need --min-np <= -np <= --max-np")
+    if args.hosts is not None:
+        from horovod.runner.common.util import hosts as hvd_hosts
+
+        try:
+            hvd_hosts.parse_hosts_and_slots(args.hosts)
+        except ValueError as err:
+            parser.error(str(err))
+    return args
+
+
+def driver_command(args, np):
+    """Command line of one driver generation of the job parsed into ``args``, starting ``np``."""
+    argv = [sys.executable, "-m", "gluon_elastic.horovodrun", "--driver", "-np", str(np),
+            "--slots-per-host", str(args.slots_per_host),
+            "--elastic-timeout", str(args.elastic_timeout),
+            "--start-timeout", str(args.start_timeout)]
+    if args.min_np is not None:
+        argv += ["--min-np", str(args.min_np)]
+    if args.max_np is not None:
+        argv += ["--max-np", str(args.max_np)]
+    if args.hosts is not None:
+        argv += ["-H", args.hosts]
+    else:
+        argv += ["--host-discovery-script", args.host_discovery_script]
+    if args.network_interface:
+        argv += ["--network-interface", args.network_interface]
+    if args.blacklist_cooldown_range:
+        argv += ["--blacklist-cooldown-range", "%d,%d" % args.blacklist_cooldown_range]
+    if args.verbose:
+        argv.append("--verbose")
+    return argv + ["--"] + list(args.command)
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit code."""
+    args = parse_args(argv)
+    if args.driver:
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+        return run_driver(args)
+    checkpoint_dir = args.checkpoint_dir
+    temporary = checkpoint_dir is None
+    if temporary:
+        checkpoint_dir = tempfile.mkdtemp(prefix="gluon_elastic_horovodrun-")
+    checkpoint_dir = os.path.abspath(checkpoint_dir)
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    supervisor = Supervisor(lambda np: driver_command(args, np), args.np,
+                            args.min_np or args.np, checkpoint_dir, args.max_restarts)
+
+    def forward(signum, _frame):
+        supervisor.interrupt(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return supervisor.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if temporary:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
