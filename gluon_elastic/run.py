@@ -225,14 +225,17 @@ class _DurableCommits:
             return
         self.state.load_state_dict(loaded.state)
         self.state.save()
+        # A relaunch is one more reset of the job: generations keep counting across launches.
+        self.state.generation = loaded.state.get("generation", 0) + 1
         logger.info("resumed from %s (iteration %d)", loaded.path, self.state.trainer.iteration)
 
     def __call__(self, state):
         if state.trainer.rank == 0:
-            self.manager.save(state.saved_state_dict, step=state.trainer.iteration,
-                              blocking=False)
+            self.manager.save(dict(state.saved_state_dict, generation=state.generation),
+                              step=state.trainer.iteration, blocking=False)
 
-    def close(self):
+    def wait(self):
+        """Wait until the last commit is on disk."""
         self.manager.wait()
 
 
@@ -304,6 +307,10 @@ def _run_elastic(func, state, backend, args, kwargs):
                 removal_announced = False
             except HostsUpdatedInterrupt:
                 removal_announced = bool(state.last_host_update & HOSTS_REMOVED)
+            if durable is not None:
+                # Before anyone can register for the next round: if that round finds no
+                # survivor, the relaunch starts from this commit.
+                durable.wait()
             old_rank, old_size, tic = backend.rank, backend.world_size, time.time()
             _reset(hvd, backend, removal_announced)
             elapsed = time.time() - tic
@@ -313,6 +320,6 @@ def _run_elastic(func, state, backend, args, kwargs):
     finally:
         notification_manager.remove_listener(state)
         if durable is not None:
-            durable.close()
+            durable.wait()
     hvd.shutdown()
     return result

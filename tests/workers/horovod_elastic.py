@@ -7,8 +7,11 @@ Started by ``horovodrun --host-discovery-script`` from tests/dist/test_horovod_e
   step whose scheduled world differs from the current one waits (polling
   ``state.check_host_updates()`` on every rank) until the driver announces the change, so each
   change lands at exactly the scheduled iteration.
-- ``--exits 'ITER:RANK:kill;ITER:RANK:raise'``: the worker holding RANK at iteration ITER SIGKILLs
-  itself or raises, once (a marker file remembers it).
+- ``--exits 'ITER:RANK:ACTION[:WORLD];...'``: the worker holding RANK at iteration ITER acts once
+  (a marker file remembers it): ``kill`` SIGKILLs itself, ``raise`` raises, ``stop`` SIGSTOPs
+  itself and is continued 10 s later by a helper process, ``kill-driver`` SIGKILLs the
+  ``gluon_elastic.horovodrun`` driver that started it. With WORLD, all ranks first wait (polling
+  ``state.check_host_updates()``) until the world has WORLD workers.
 - Rank 0 appends to ``rank0.jsonl``: ``start`` records after every (re)start of the training
   function (generation, world, iteration, progress, every rank's parameter and momentum digests),
   ``step`` records (world, global batch, applied LR, progress), ``commit`` and ``end`` records.
@@ -21,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -84,14 +88,40 @@ def digest(arrays):
     return sha.hexdigest()
 
 
+EXIT_ACTIONS = ("kill", "raise", "stop", "kill-driver")
+STOP_SECONDS = 10
+
+
 def parse_exits(text):
+    """``{iteration: (rank, action, world size or None)}``."""
     exits = {}
     for item in filter(None, text.split(";")):
-        iteration, rank, action = item.split(":")
-        if action not in ("kill", "raise"):
-            raise ValueError("exit action must be kill or raise, got %r" % action)
-        exits[(int(iteration), int(rank))] = action
+        fields = item.split(":")
+        if len(fields) not in (3, 4) or fields[2] not in EXIT_ACTIONS:
+            raise ValueError("exits are ITER:RANK:ACTION[:WORLD] with ACTION in %s, got %r"
+                             % (EXIT_ACTIONS, item))
+        world = int(fields[3]) if len(fields) == 4 else None
+        exits[int(fields[0])] = (int(fields[1]), fields[2], world)
     return exits
+
+
+def kill_driver():
+    """SIGKILL the gluon_elastic.horovodrun driver among this process's ancestors."""
+    import psutil
+
+    for parent in psutil.Process().parents():
+        if "--driver" in parent.cmdline() and "gluon_elastic.horovodrun" in parent.cmdline():
+            parent.kill()
+            return
+    raise RuntimeError("no gluon_elastic.horovodrun driver among the ancestors")
+
+
+def stop_self(marker):
+    """SIGSTOP this process; a helper (carrying the job's marker) sends SIGCONT later."""
+    subprocess.Popen([sys.executable, "-c", "import os, signal, sys, time; time.sleep(%d); "
+                      "os.kill(int(sys.argv[1]), signal.SIGCONT)" % STOP_SECONDS,
+                      str(os.getpid()), marker])
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 class Recorder:
@@ -162,6 +192,12 @@ def main(argv=None):
             != discovery.hosts_at(schedule, iteration - 1)
         if not replaced and (wanted == previous or wanted == trainer.world_size):
             return
+        if replaced:
+            hosts = backend.allgather_object(os.environ.get("HOROVOD_HOSTNAME"))
+            listed = [h for h, slots in discovery.hosts_at(schedule, iteration)
+                      for _ in range(slots)]
+            if sorted(hosts) == sorted(listed):  # already there (a relaunch resumed here)
+                return
         # A user value, so that the ranks of the next world (rank 0's after the sync) agree.
         state.waited_at = iteration
         world_size = trainer.world_size
@@ -172,6 +208,33 @@ def main(argv=None):
                                    % (trainer.world_size, wanted, iteration))
             time.sleep(0.1)
             state.check_host_updates()
+
+    def act(iteration, rank, action, world):
+        marker = os.path.join(args.log_dir, "exit.%d.%d" % (iteration, rank))
+        if os.path.exists(marker):
+            return
+        if world is not None:
+            deadline = time.time() + 120
+            while trainer.world_size != world:  # a reset re-runs the function from its commit
+                if time.time() > deadline:
+                    raise RuntimeError("world %d never became %d for the %s at iteration %d"
+                                       % (trainer.world_size, world, action, iteration))
+                time.sleep(0.1)
+                state.check_host_updates()
+        if trainer.rank != rank:
+            return
+        open(marker, "w").close()
+        if trainer.rank == 0:
+            recorder.rank0({"event": action, "iteration": iteration,
+                            "world_size": trainer.world_size})
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "kill-driver":
+            kill_driver()
+        elif action == "stop":
+            stop_self(args.progress_file)
+        else:
+            raise RuntimeError("scheduled failure of rank %d at iteration %d" % (rank, iteration))
 
     def log_commit():
         if trainer.rank == 0:
@@ -191,14 +254,8 @@ def main(argv=None):
                     discovery.write_progress(args.progress_file, iteration)
                 if args.wait_for_schedule:
                     wait_for_world(iteration)
-                action = exits.get((iteration, trainer.rank))
-                marker = os.path.join(args.log_dir, "exit.%d.%d" % (iteration, trainer.rank))
-                if action and not os.path.exists(marker):
-                    open(marker, "w").close()
-                    if action == "kill":
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    raise RuntimeError("scheduled failure of rank %d at iteration %d"
-                                       % (trainer.rank, iteration))
+                if iteration in exits:
+                    act(iteration, *exits[iteration])
                 with autograd.record():
                     loss = loss_fn(net(mx.nd.array(features[indices])),
                                    mx.nd.array(targets[indices]))
