@@ -36,8 +36,9 @@ class ElasticSampler:
     ...     sampler.set_epoch(epoch)
     ...     for indices, global_batch_size in sampler.iter_batches(
     ...             trainer.batch_policy.local_batch_sizes(trainer.world_size), trainer.rank):
-    ...         ...  # forward/backward on dataset[indices]
-    ...         trainer.step(global_batch_size=global_batch_size)
+    ...         if len(indices):  # empty at the tail of an epoch on some ranks
+    ...             ...  # forward/backward on dataset[indices]
+    ...         trainer.step(len(indices), global_batch_size=global_batch_size)
     ...         sampler.record(global_batch_size)
     """
 
@@ -79,10 +80,12 @@ class ElasticSampler:
         rank : int
             This worker's rank.
 
-        The last global batch may be short; it is then split evenly, so with fewer samples left
-        than ranks some ranks get an empty batch and must still take part in the step (zero
-        gradients). The cursor is local to the iterator: :meth:`record` moves the committed
-        position, and a new iterator starts from it.
+        The last global batch may be short; it is then split evenly (larger parts first, so
+        rank 0 always has samples), and with fewer samples left than ranks some ranks get an
+        empty batch. Such a rank must still take part in the step, or the others wait for it:
+        it runs no forward/backward and calls ``trainer.step(0, global_batch_size=...)``, which
+        counts its gradient as zero. The cursor is local to the iterator: :meth:`record` moves
+        the committed position, and a new iterator starts from it.
         """
         for parts, global_batch_size in self.iter_steps(local_batch_sizes, [rank]):
             yield parts[0], global_batch_size

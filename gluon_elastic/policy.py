@@ -14,6 +14,23 @@ Dynamic SGD ramp (Lin et al. 2019, Eq. 6) after every change of the world size:
 
 where ``k`` is the ratio of the new multiplier to the multiplier in use when the change arrived, so
 that a change arriving mid-ramp starts from wherever the ramp had got to.
+
+Changes in the middle of a ramp
+-------------------------------
+A change is judged against the multiplier *in use* (that of the last step taken), not against the
+world before: ``k = target / multiplier in use``. So a world that shrinks while a growth ramp is
+under way, to a target still above the multiplier reached, is treated as growth towards the new
+target (ramped); a target below it is a shrink (cut at once by default). Examples with
+``ramp_per_k=8`` (``T = round(8 * max(k, 1/k))``), the second change arriving at iteration 8:
+
+===========================  =========  ======  ============  ==============================
+multipliers (shrink mode)    in use     k       judged as     what the LR does
+===========================  =========  ======  ============  ==============================
+1 -> 4 -> 3                  1.656      1.811   growth        ramps 1.656 -> 3 over 14
+1 -> 4 -> 1                  1.656      0.604   shrink        cut to 1 at once
+1 -> 0.25 -> 0.5 (ramp)      0.836      0.598   shrink        ramps 0.836 -> 0.5 over 13
+1 -> 0.25 -> 0.5 (immediate) 0.25       2.0     growth        ramps 0.25 -> 0.5 over 16
+===========================  =========  ======  ============  ==============================
 """
 import math
 

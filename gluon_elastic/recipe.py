@@ -359,7 +359,12 @@ class ElasticLoop:
         return list(range(self.trainer.world_size)) if self.emulated else [self.trainer.rank]
 
     def step_batches(self):
-        """Yield ``(per-rank index lists, global batch size)`` for the rest of the epoch."""
+        """Yield ``(per-rank index lists, global batch size)`` for the rest of the epoch.
+
+        The short last global batch of an epoch is dropped (as GluonCV's loaders do with
+        ``last_batch='discard'``): BatchNorm and the detection losses need whole per-worker
+        batches, so no rank ever has an empty one here.
+        """
         local_batch_sizes = self.trainer.batch_policy.local_batch_sizes(self.trainer.world_size)
         full = sum(local_batch_sizes)
         for parts, global_batch_size in self.sampler.iter_steps(local_batch_sizes, self._ranks()):

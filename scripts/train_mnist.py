@@ -146,19 +146,24 @@ def train(args):
             tic, samples, loss_sum, batches = time.time(), 0, 0.0, 0
             local_sizes = trainer.batch_policy.local_batch_sizes(trainer.world_size)
             for indices, global_batch_size in sampler.iter_batches(local_sizes, trainer.rank):
-                data = mx.nd.array(train_x[indices])
-                label = mx.nd.array(train_y[indices])
-                with autograd.record():
-                    output = net(data)
-                    loss = loss_fn(output, label)
-                loss.backward()
-                trainer.step(global_batch_size=global_batch_size)
-                step_loss = loss.mean().asscalar()
-                loss_sum += step_loss
-                # Every rank reports the step (rank 0 may move here after a reset); only the
-                # writing rank pays for the accuracy.
-                batch_metric = {"accuracy": (output.argmax(axis=1) == label).mean().asscalar()} \
-                    if metrics.enabled else None
+                # At the tail of an epoch a rank may have no samples: it skips forward/backward
+                # and takes part in the step with a zero gradient (step(0, ...)).
+                step_loss, batch_metric = float("nan"), None
+                if len(indices):
+                    data = mx.nd.array(train_x[indices])
+                    label = mx.nd.array(train_y[indices])
+                    with autograd.record():
+                        output = net(data)
+                        loss = loss_fn(output, label)
+                    loss.backward()
+                trainer.step(len(indices), global_batch_size=global_batch_size)
+                if len(indices):
+                    step_loss = loss.mean().asscalar()
+                    loss_sum += step_loss
+                    # Only the writing rank (rank 0, never short of samples) pays for accuracy.
+                    batch_metric = {"accuracy": (output.argmax(axis=1) == label).mean()
+                                    .asscalar()} if metrics.enabled else None
+                # Every rank reports the step (rank 0 may move here after a reset).
                 metrics.step(state.epoch, step_loss, global_batch_size, metric=batch_metric)
                 sampler.record(global_batch_size)
                 samples += global_batch_size

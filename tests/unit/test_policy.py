@@ -112,6 +112,25 @@ def test_change_mid_ramp_starts_from_multiplier_in_use():
     assert info["ramp_len"] == 0
 
 
+@pytest.mark.parametrize("targets, shrink, in_use, k, ramp_len", [
+    ((4.0, 3.0), "immediate", 1 + 7 / 32 * 3, 3.0 / (1 + 7 / 32 * 3), 14),   # shrink read as growth
+    ((4.0, 1.0), "immediate", 1 + 7 / 32 * 3, 1.0 / (1 + 7 / 32 * 3), 0),    # a real shrink: cut
+    ((0.25, 0.5), "ramp", 1 - 7 / 32 * 0.75, 0.5 / (1 - 7 / 32 * 0.75), 13),  # growth read as shrink
+    ((0.25, 0.5), "immediate", 0.25, 2.0, 16),
+])
+def test_second_change_mid_ramp_is_judged_against_the_multiplier_in_use(targets, shrink, in_use,
+                                                                        k, ramp_len):
+    """The table of gluon_elastic.policy's docstring and the README."""
+    transition = Transition("dynamic", ramp_per_k=8, shrink=shrink)
+    transition.reset(1.0)
+    transition.change(0, targets[0])
+    info = transition.change(8, targets[1])
+    assert info["from_multiplier"] == pytest.approx(in_use)
+    assert info["k"] == pytest.approx(k)
+    assert info["ramp_len"] == ramp_len
+    assert transition.multiplier(8 + ramp_len) == targets[1]
+
+
 def test_two_changes_before_any_step_keep_the_multiplier_in_use():
     transition = Transition("immediate")
     transition.reset(1.0)
