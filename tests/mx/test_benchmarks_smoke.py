@@ -143,3 +143,46 @@ def test_overhead_single_process(out_dir):
                                                   / reference["iterations_per_second"])
     assert all(row["iterations_per_second"] > 0 for row in rows.values())
     assert "| 1 process | ElasticTrainer (in ramp) |" in (tmp_path / "overhead.md").read_text()
+
+
+def test_gpu_check_dry_run(out_dir):
+    """The GPU check's whole path on CPU at a tiny size: set-up commands, throughput of both
+    trainers for sgd/nag in float32/float16, commit cost, the emulated x4 world change and the
+    Horovod part under horovodrun -np 1."""
+    proc = run([PYTHON, "benchmarks/gpu_check.py", "--dry-run", "--out", str(out_dir)],
+               timeout=300)
+    with open(out_dir / "gpu_check_dry_run.json") as fin:
+        result = json.load(fin)
+    assert result["dry_run"] is True and result["context"] == "cpu(0)" and result["mxnet"] == "1.9.1"
+    assert result["errors"] == {}
+    commands = [entry["command"] for entry in result["setup"]["commands"]]
+    assert len(commands) == 3 and commands[0].endswith("-m venv " + os.path.join(
+        os.path.expanduser("~"), ".cache", "gluon_elastic", "gpu_check_venv"))
+    assert "mxnet-cu117==1.9.1 numpy>=1.21,<1.24 gluoncv==0.10.5.post0" in commands[1]
+    assert commands[2].endswith("--no-build-isolation horovod==0.28.1")
+    rows = result["throughput"]
+    assert [(r["dtype"], r["optimizer"], r["compute"]) for r in rows] == [
+        ("float32", "sgd", True), ("float32", "nag", True),
+        ("float16", "sgd", False), ("float16", "nag", False)]
+    for row in rows:
+        for kind in ("gluon.Trainer", "ElasticTrainer"):
+            assert row[kind]["rounds"] == 1 and row[kind]["images_per_second"] > 0
+        assert row["ratio"] == pytest.approx(row["ElasticTrainer"]["images_per_second"]
+                                             / row["gluon.Trainer"]["images_per_second"])
+    # ResNet-50 v1b with 10 classes: 23,581,642 values including BatchNorm running statistics.
+    assert [(r["dtype"], r["parameters"]) for r in result["commit"]] == [
+        ("float16", 23581642), ("float32", 23581642)]
+    assert all(0 < r["share_at_interval_20"] < 1 for r in result["commit"])
+    change = result["world_change"]
+    assert (change["from"], change["to"], change["ramp_iterations"]) == (1, 4, 4)
+    steps = change["steps"]
+    assert [s["world_size"] for s in steps] == [1, 1] + [4] * 6
+    assert [s["global_batch_size"] for s in steps] == [2, 2] + [8] * 6
+    # Dynamic SGD from 1x to 4x over T = 4 iterations, starting at the first step of world 4.
+    assert [s["lr"] for s in steps] == pytest.approx(
+        [0.01, 0.01, 0.01, 0.0175, 0.025, 0.0325, 0.04, 0.04])
+    assert result["horovod"]["world_size"] == 1 and result["horovod"]["images_per_second"] > 0
+    table = (out_dir / "gpu_check_dry_run.md").read_text()
+    assert "| float16 | nag |" in table and "(update only)" in table
+    assert "**Emulated world change 1 -> 4**" in table and "**Horovod** (`horovodrun -np 1`)" in table
+    assert "[gpu_check] wrote gpu_check_dry_run.json" in proc.stdout
