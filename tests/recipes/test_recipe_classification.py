@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import recipe_data
+from gluon_elastic.metrics import read_records
 
 pytest.importorskip("gluoncv")
 import mxnet as mx  # noqa: E402
@@ -96,15 +97,19 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
     common = TINY + ["--data-dir", rec_dir, "--local-batch-size", "2", "--lr", "0.01",
                      "--lr-mode", "step", "--lr-decay-epoch", "1", "--warmup-epochs", "0"]
     emulated_dir, real_dir = str(tmp_path / "emulated"), str(tmp_path / "real")
+    emulated_metrics, real_metrics = str(tmp_path / "emulated.jsonl"), str(tmp_path / "real.jsonl")
     emulated = cls.train(cls.parse_args(common + ["--epochs", "2", "--emulate-schedule", "0:1,1:2",
-                                                  "--checkpoint-dir", emulated_dir]))
+                                                  "--checkpoint-dir", emulated_dir,
+                                                  "--metrics-file", emulated_metrics]))
     assert emulated.trainer.world_size == 2
     # 8 steps of 2 at world 1, then 4 steps of 4 at world 2.
     assert (emulated.trainer.iteration, emulated.trainer.progress) == (12, 32)
-    cls.train(cls.parse_args(common + ["--epochs", "1", "--checkpoint-dir", real_dir]))
+    cls.train(cls.parse_args(common + ["--epochs", "1", "--checkpoint-dir", real_dir,
+                                       "--metrics-file", real_metrics]))
     command = [sys.executable, os.path.join(recipe_data.ROOT, "scripts", "classification",
                                             "train_imagenet.py")]
-    command += common + ["--epochs", "2", "--checkpoint-dir", real_dir, "--backend", "dist_sync"]
+    command += common + ["--epochs", "2", "--checkpoint-dir", real_dir, "--backend", "dist_sync",
+                         "--metrics-file", real_metrics]
     code, log = recipe_data.run_kvstore_group(command, timeout=200)
     assert code == 0, log[-3000:]
     assert "world change at iteration 8: world 1 -> 2, global batch 2 -> 4" in log
@@ -134,6 +139,26 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
         moved += not np.allclose(a, initial[name])
     assert not mismatched, " ".join(m[0] for m in mismatched if "running" not in m[0]) + " %d" % len(mismatched)
     assert moved > len(params_e) // 2   # epoch 1 really trained
+    # Metrics: one world change at iteration 8 in both runs, as logged; the real run's file holds
+    # the first process's epoch, then the group's restart from the checkpoint (nothing lost).
+    emulated_records, real_records = read_records(emulated_metrics), read_records(real_metrics)
+    for records in (emulated_records, real_records):
+        changes = [(r["iteration"], r["world_size_from"], r["world_size"],
+                    r["global_batch_size_from"], r["global_batch_size"], r["ramp_iterations"])
+                   for r in records if r["kind"] == "event" and r["event"] == "world_change"]
+        assert changes == [(8, 1, 2, 2, 4, 16)]
+        steps = [r for r in records if r["kind"] == "step"]
+        assert [(r["iteration"], r["world_size"], r["global_batch_size"]) for r in steps] == \
+            [(i, 1, 2) for i in range(1, 9)] + [(i, 2, 4) for i in range(9, 13)]
+        assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
+    assert [r["event"] for r in real_records if r["kind"] == "event"] == ["restart", "world_change"]
+    restart = [r for r in real_records if r["kind"] == "event"][0]
+    assert (restart["iteration"], restart["iteration_from"], restart["progress"]) == (8, 8, 16)
+    assert [r["kind"] for r in real_records].count("start") == 2
+    lrs = [[r["lr"] for r in records if r["kind"] == "step"]
+           for records in (emulated_records, real_records)]
+    assert lrs[1] == pytest.approx(lrs[0], rel=1e-12)
+    assert [r["lr"] for r in emulated_records if r["kind"] == "step"][-1] == index_e["lr"]
 
 
 @pytest.mark.dist
@@ -150,10 +175,25 @@ def test_horovod_elastic_grow_one_to_two_workers(tmp_path):
                                             classes=4, size=40)
     ckpt = str(tmp_path / "ckpt")
     argv = [os.path.join(recipe_data.ROOT, "scripts", "classification", "train_imagenet.py")]
+    metrics_file = str(tmp_path / "run.jsonl")
     argv += TINY + ["--data-dir", rec_dir, "--local-batch-size", "2", "--epochs", "2",
-                    "--checkpoint-dir", ckpt, "--commit-interval", "8"]
+                    "--checkpoint-dir", ckpt, "--commit-interval", "8",
+                    "--metrics-file", metrics_file]
     code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;4:2", np_start=1,
                                                    min_np=1, max_np=2, timeout=230)
     assert code == 0, output[-4000:]
     index = json.load(open(os.path.join(ckpt, "resnet18_v1b-latest.json")))
-    recipe_data.check_one_grow(output, index, num_train=64, local_batch_size=2, epochs=2)
+    change_step = recipe_data.check_one_grow(output, index, num_train=64, local_batch_size=2,
+                                             epochs=2)
+    # The metrics file tells the same story as the log: one reset, one world change at the
+    # logged iteration, every step's world as in the log's batch lines.
+    records = read_records(metrics_file)
+    events = [(r["event"], r.get("iteration"), r.get("world_size_from"), r["world_size"])
+              for r in records if r["kind"] == "event"]
+    assert events == [("reset", None, 1, 2), ("world_change", change_step, 1, 2)]
+    logged = [(r["world"], r["global_batch"]) for r in recipe_data.parse_log(output)
+              if r["kind"] == "batch"]
+    assert [(r["world_size"], r["global_batch_size"]) for r in records if r["kind"] == "step"] \
+        == logged
+    assert [r["iteration"] for r in records if r["kind"] == "step"] == \
+        list(range(1, index["iteration"] + 1))
