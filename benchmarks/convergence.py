@@ -495,6 +495,8 @@ def write_reports(results, args, command, elapsed, machine):
 
 
 def main(argv=None):
+    from gluon_elastic.progress import progress, write
+
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.render_only:
@@ -528,12 +530,15 @@ def main(argv=None):
     results = []
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.jobs, initializer=_init_worker) as pool:
-        for done, result in enumerate(pool.imap_unordered(run_one, configs), 1):
+        # A bar on a terminal; elsewhere the line per finished run is the progress.
+        runs = progress(pool.imap_unordered(run_one, configs), total=len(configs),
+                        desc="convergence runs", enabled=sys.stderr.isatty())
+        for done, result in enumerate(runs, 1):
             results.append(result)
             config = result["config"]
-            print("[%3d/%d] %-15s %-21s lr %-5g seed %d: final acc %.4f (%.0f s)" % (
+            write("[%3d/%d] %-15s %-21s lr %-5g seed %d: final acc %.4f (%.0f s)" % (
                 done, len(configs), config["schedule_name"], config["method"], config["lr"],
-                config["seed"], result["test_accuracy"][-1], result["seconds"]), flush=True)
+                config["seed"], result["test_accuracy"][-1], result["seconds"]))
     elapsed = time.time() - tic
     results.sort(key=lambda r: (r["config"]["schedule_name"], r["config"]["lr"],
                                 args.methods.index(r["config"]["method"]), r["config"]["seed"]))

@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 
-__all__ = ["progress"]
+__all__ = ["progress", "write"]
 
 logger = logging.getLogger("gluon_elastic")
 
@@ -54,7 +54,8 @@ def _line(desc, count, total, elapsed, done=False):
     return "%s: %d in %.1f s" % (desc, count, elapsed)
 
 
-def progress(iterable, total=None, desc="progress", interval=30.0, stream=None, clock=time.monotonic):
+def progress(iterable, total=None, desc="progress", interval=30.0, stream=None, enabled=None,
+             clock=time.monotonic):
     """Iterate over ``iterable`` showing progress on rank 0 (see the module docstring).
 
     Parameters
@@ -68,6 +69,9 @@ def progress(iterable, total=None, desc="progress", interval=30.0, stream=None, 
         Seconds between progress lines when the output is not a terminal.
     stream : file, optional
         Where a bar goes (default ``sys.stderr``).
+    enabled : bool, optional
+        Show progress; default: where the ``gluon_elastic`` logger is enabled for INFO (rank 0).
+        Lines go to that logger whatever this says, so a program passing True configures it.
     clock : callable
         Monotonic seconds (tests pass a fake one).
 
@@ -76,7 +80,7 @@ def progress(iterable, total=None, desc="progress", interval=30.0, stream=None, 
     iterable
         Yields the items of ``iterable``, unchanged.
     """
-    if not logger.isEnabledFor(logging.INFO):
+    if not (logger.isEnabledFor(logging.INFO) if enabled is None else enabled):
         return iterable
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
@@ -90,3 +94,15 @@ def progress(iterable, total=None, desc="progress", interval=30.0, stream=None, 
             return tqdm(iterable, total=total, desc=desc, file=stream, leave=False,
                         dynamic_ncols=True)
     return _lines(iterable, total, desc, interval, clock)
+
+
+def write(text, stream=None):
+    """Print a line of ``text`` without breaking a progress bar drawn on the same terminal."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        stream.write(text + "\n")
+        stream.flush()
+        return
+    tqdm.write(text, file=stream)

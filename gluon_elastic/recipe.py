@@ -52,6 +52,7 @@ import numpy as np
 
 from . import backends as _backends
 from . import flags as _flags
+from .progress import progress
 
 __all__ = ["add_run_args", "add_schedule_args", "build_schedule", "check_elastic_args",
            "create_backend", "choose_context", "setup_logging", "format_metrics", "RecipeCheckpoint",
@@ -250,8 +251,10 @@ class RecipeCheckpoint:
         os.makedirs(self.directory, exist_ok=True)
         stem = "%s-%04d" % (self.prefix, epoch)
         params_file, states_file = stem + ".params", stem + ".states"
-        net.save_parameters(os.path.join(self.directory, params_file))
-        trainer.save_states(os.path.join(self.directory, states_file))
+        writes = [lambda: net.save_parameters(os.path.join(self.directory, params_file)),
+                  lambda: trainer.save_states(os.path.join(self.directory, states_file))]
+        for write in progress(writes, desc="checkpoint of epoch %d" % epoch):
+            write()
         index = {"epoch": epoch, "params": params_file, "states": states_file,
                  "sampler": sampler.state_dict(), "world_size": trainer.world_size,
                  "global_batch_size": trainer.global_batch_size,

@@ -38,6 +38,7 @@ import numpy as np
 from mxnet import gluon
 
 from gluon_elastic import flags, recipe
+from gluon_elastic.progress import progress
 
 _RESNET_NAME = re.compile(r"^resnet\d+_v(1|2|1b|1c|1d|1e|1s)$")
 MEAN_RGB = (0.485, 0.456, 0.406)
@@ -248,7 +249,7 @@ def make_evaluate_fn(args, val_set, ctx, batch_size=None):
         chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
         loader = gluon.data.DataLoader(transformed, batch_sampler=chunks,
                                        num_workers=args.num_data_workers)
-        for data, label in loader:
+        for data, label in progress(loader, total=len(chunks), desc="validation"):
             output = net(data.as_in_context(ctx).astype(args.dtype, copy=False))
             output = output.astype("float32", copy=False).asnumpy()
             label = label.asnumpy().astype(np.int64)

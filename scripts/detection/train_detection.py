@@ -41,6 +41,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from gluon_elastic import flags, recipe
+from gluon_elastic.progress import progress
 
 _DETECTOR_NAME = re.compile(r"^(ssd|yolo3)_.*_(voc|coco|custom)$")
 MEAN_RGB = (0.485, 0.456, 0.406)
@@ -163,7 +164,8 @@ class CocoJsonDetection(gluon.data.Dataset):
                     continue
                 boxes.setdefault(ann["image_id"], []).append(
                     [x, y, x + width - 1, y + height - 1, category_index[ann["category_id"]]])
-            for image in sorted(content["images"], key=lambda i: i["id"]):
+            for image in progress(sorted(content["images"], key=lambda i: i["id"]),
+                                  desc="indexing %s" % split):
                 label = boxes.get(image["id"], [])
                 if not label and skip_empty:
                     continue
@@ -305,7 +307,7 @@ def make_evaluate_fn(args, val_set, ctx, batch_size=None):
         loader = gluon.data.DataLoader(dataset, batch_sampler=chunks, batchify_fn=batchify,
                                        num_workers=args.num_data_workers)
         records = []
-        for data, label in loader:
+        for data, label in progress(loader, total=len(chunks), desc="validation"):
             ids, scores, bboxes = net(data.as_in_context(ctx))
             label = label.asnumpy()
             difficult = label[:, :, 5:6] if label.shape[-1] > 5 else None

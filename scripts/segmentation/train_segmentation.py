@@ -34,6 +34,7 @@ import numpy as np
 from mxnet import gluon
 
 from gluon_elastic import flags, recipe
+from gluon_elastic.progress import progress
 
 _SEGMENTATION_NAME = re.compile(r"^(fcn|deeplab)_resnet\d+_(voc|ade)$")
 MEAN_RGB = (0.485, 0.456, 0.406)
@@ -208,7 +209,7 @@ def make_evaluate_fn(args, val_set, ctx, batch_size=None):
         chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
         loader = gluon.data.DataLoader(val_set, batch_sampler=chunks,
                                        num_workers=args.num_data_workers)
-        for data, mask in loader:
+        for data, mask in progress(loader, total=len(chunks), desc="validation"):
             output = net.evaluate(data.as_in_context(ctx))
             metric.update(mask, output)
         return (int(metric.total_correct), int(metric.total_label),

@@ -34,3 +34,18 @@ except ImportError:
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "blocked-ok"
+
+
+@pytest.mark.timeout(60)
+def test_metrics_reading_plot_and_progress_import_with_mxnet_blocked():
+    # Plots are drawn where the run's metrics file was copied, not where it trained.
+    code = BLOCK + """
+from gluon_elastic import metrics, plot, progress
+assert list(progress.progress([1, 2], enabled=False)) == [1, 2]
+assert "mxnet" not in sys.modules
+print("blocked-ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "blocked-ok"
