@@ -30,7 +30,9 @@ Two processes of this module run the job:
     early (see :mod:`gluon_elastic.run`);
   - when the next world would hold no host of the previous one (the previous world's hosts left
     the discovery list while the others died), Horovod's driver cannot broadcast the state and
-    ends the job; this driver ends with :data:`EXIT_NO_SURVIVOR` instead, for the supervisor.
+    ends the job with an error; this driver tells the previous world's workers that they have no
+    rank (they leave with exit code 0) and ends with :data:`EXIT_NO_SURVIVOR`, for the
+    supervisor.
 
 * **The supervisor** (the command you run) starts the driver in a session of its own, with
   ``GLUON_ELASTIC_CHECKPOINT_DIR`` (``--checkpoint-dir``, a temporary directory removed at the end
@@ -56,6 +58,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -72,6 +75,8 @@ __all__ = ["NEXT_ASSIGNMENT_SCOPE", "EXIT_NO_SURVIVOR", "ElasticDriver", "rendez
 NEXT_ASSIGNMENT_SCOPE = "next_assignment"
 # Driver exit code: the next world would hold no worker of the previous one (EX_TEMPFAIL).
 EXIT_NO_SURVIVOR = 75
+# Seconds the workers of a world without survivor get to leave before the driver stops.
+NO_SURVIVOR_GRACE_SECONDS = 10.0
 # Environment variable carrying the token of a driver generation, inherited by its workers.
 TOKEN_ENV = "GLUON_ELASTIC_JOB_TOKEN"
 
@@ -99,6 +104,7 @@ class ElasticDriver(HorovodElasticDriver):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.no_survivor = None
+        self.stop_timer = None
 
     def next_slot_info(self, host, slot):
         """Slot info of ``host[slot]`` in the world the hosts known now would form.
@@ -118,15 +124,32 @@ class ElasticDriver(HorovodElasticDriver):
             return assignments[host][slot]
         return hvd_hosts.INVALID_SLOT_INFO
 
-    def _update_host_assignments(self, current_hosts):
-        if self._host_assignments:
-            next_assignments, _ = self._get_host_assignments(current_hosts)
-            if not set(self._host_assignments) & set(next_assignments):
-                # Horovod's driver raises next and ends the job; the supervisor relaunches it.
-                self.no_survivor = ("no worker of the previous world survives (its hosts %s, "
-                                    "listed now %s)" % (",".join(sorted(self._host_assignments)),
-                                                        ",".join(sorted(next_assignments))))
-        return super()._update_host_assignments(current_hosts)
+    def resume(self):
+        """Form the next world, or end the generation when none of its hosts was in the last.
+
+        Runs when every worker of the current world has registered. Horovod's driver would raise
+        inside its registry and stop; here the previous world's workers are told they have no
+        rank (they leave with exit code 0) and the driver stops with ``no_survivor`` set.
+        """
+        with self._wait_hosts_cond:
+            current = self._host_manager.current_hosts
+            enough = current.count_available_slots() >= self._min_num_proc
+            next_assignments = self._get_host_assignments(current)[0] if enough else None
+        if next_assignments is not None and self._host_assignments \
+                and not set(self._host_assignments) & set(next_assignments):
+            self.no_survivor = ("no worker of the previous world survives (its hosts %s, listed "
+                                "now %s)" % (",".join(sorted(self._host_assignments)),
+                                             ",".join(sorted(next_assignments))))
+            self._host_assignments = {}
+            self._rank_assignments = {}
+            # The workers leave on their own once answered; stopping now would terminate them
+            # before they read the answer. run_driver stops the driver when they are gone, this
+            # timer if one of them hangs.
+            self.stop_timer = threading.Timer(NO_SURVIVOR_GRACE_SECONDS, self.stop)
+            self.stop_timer.daemon = True
+            self.stop_timer.start()
+            return
+        super().resume()
 
 
 def rendezvous_handler(driver):
@@ -191,6 +214,8 @@ def run_driver(args):
                                                        run_command, os.environ.copy(), event)
     driver.start(args.np, create_worker)
     results = driver.get_results()
+    if driver.stop_timer is not None:
+        driver.stop_timer.cancel()
     driver.stop()
     if driver.no_survivor:
         _note("driver: %s" % driver.no_survivor)

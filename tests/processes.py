@@ -9,6 +9,7 @@ run ``python -c "import mxnet"``) are found by a token in their environment inst
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -180,8 +181,34 @@ def run_horovodrun(np_workers, argv, timeout, marker, env_extra=None, preexec_fn
     return _communicate(proc, timeout, marker)
 
 
+def loopback_hosts():
+    """Names of this machine that Horovod runs workers on locally, without ssh.
+
+    Horovod starts a worker locally when its host name resolves to an address of one of this
+    machine's interfaces: ``localhost``, ``127.0.0.1``, usually the host name, and the addresses
+    of the other interfaces. Several names make several one-slot "hosts" on one machine (the
+    driver blacklists a failed worker's whole host).
+    """
+    import psutil
+    from horovod.runner.util import network
+
+    local = network.get_local_host_addresses()
+    candidates = ["localhost", "127.0.0.1", socket.gethostname()]
+    for addrs in psutil.net_if_addrs().values():
+        candidates.extend(a.address for a in addrs if a.family == socket.AF_INET)
+    names = []
+    for name in candidates:
+        try:
+            address = network.resolve_host_address(name)
+        except OSError:
+            continue
+        if name not in names and address in local:
+            names.append(name)
+    return names
+
+
 def run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, timeout,
-                           env_extra=None):
+                           env_extra=None, launcher_args=None):
     """Run ``argv`` under elastic ``horovodrun`` with schedule-driven discovery on this machine.
 
     ``schedule`` is a ``scripts/discovery.py`` schedule over the training progress that rank 0
@@ -204,6 +231,9 @@ def run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, t
     env_extra : dict, optional
         Environment on top of ``OMP_NUM_THREADS=1``, ``PYTHONUNBUFFERED=1`` and
         ``MXNET_MKLDNN_ENABLED=0``.
+    launcher_args : list of str, optional
+        Run the project's launcher (``python -m gluon_elastic.horovodrun``) with these extra
+        arguments instead of ``horovodrun --gloo``.
 
     Returns
     -------
@@ -217,11 +247,17 @@ def run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, t
     os.makedirs(work_dir, exist_ok=True)
     progress_file = os.path.join(work_dir, "progress")
     script = discovery.write_script(os.path.join(work_dir, "discover.sh"), schedule, progress_file)
-    command = [_horovodrun(), "--gloo", "-np", str(np_start), "--min-np", str(min_np),
-               "--max-np", str(max_np), "--host-discovery-script", script,
-               "--network-interface", "lo"] + list(argv) + ["--progress-file", progress_file]
+    if launcher_args is None:
+        launcher = [_horovodrun(), "--gloo"]
+    else:
+        launcher = [sys.executable, "-m", "gluon_elastic.horovodrun"] + list(launcher_args)
+    command = launcher + ["-np", str(np_start), "--min-np", str(min_np), "--max-np", str(max_np),
+                          "--host-discovery-script", script, "--network-interface", "lo"] \
+        + (["--"] if launcher_args is not None else []) + list(argv) \
+        + ["--progress-file", progress_file]
     # Plain CPU kernels: these jobs check elastic behaviour, not MKLDNN.
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MXNET_MKLDNN_ENABLED="0")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MXNET_MKLDNN_ENABLED="0",
+               PYTHONPATH=ROOT)
     env.update(env_extra or {})
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)

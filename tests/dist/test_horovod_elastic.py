@@ -15,7 +15,6 @@ on every rank after every reset, the LR of every committed step equal to the pol
 here with gluon_elastic.policy and gluon_elastic.schedule), no progress lost past a commit, every
 sample of every epoch trained exactly once in committed work, and exit code 0.
 """
-import json
 import os
 import sys
 
@@ -25,8 +24,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WORKER = os.path.join(ROOT, "tests", "workers", "horovod_elastic.py")
 sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-# pylint: disable-next=wrong-import-position
+sys.path.insert(0, os.path.join(ROOT, "tests", "dist"))
+# pylint: disable=wrong-import-position
+from horovod_records import (Job, assert_clean_exit, assert_exactly_once,  # noqa: E402
+                             assert_identical_after_every_reset,
+                             assert_progress_never_behind_last_commit)
 from processes import run_elastic_horovodrun  # noqa: E402
 
 pytestmark = pytest.mark.dist
@@ -37,31 +39,6 @@ KILL_ROOT_SCHEDULE = "0:localhost:1,127.0.0.1:2"
 KILL_ROOT_EXITS = "4:0:kill"
 EPOCHS = 3
 JOB_TIMEOUT = 240
-
-
-class Job:
-    """One finished horovodrun job: exit code, output, rank 0's records, every rank's indices."""
-
-    def __init__(self, log_dir, returncode, output):
-        self.returncode = returncode
-        self.output = output
-        with open(os.path.join(log_dir, "rank0.jsonl")) as fin:
-            self.records = [json.loads(line) for line in fin]
-        self.indices = []
-        for name in sorted(os.listdir(log_dir)):
-            if name.startswith("indices."):
-                with open(os.path.join(log_dir, name)) as fin:
-                    self.indices.extend(json.loads(line) for line in fin)
-
-    def events(self, kind):
-        return [r for r in self.records if r["event"] == kind]
-
-    def committed_steps(self):
-        """Rank 0's step records of the work that stands: the latest run of each iteration."""
-        latest = {}
-        for record in self.events("step"):
-            latest[record["iteration"]] = record
-        return [latest[i] for i in sorted(latest)]
 
 
 def run_job(log_dir, np_start, min_np, max_np, schedule, exits, wait):
@@ -121,25 +98,15 @@ def expected_lrs(job, initial_world_size):
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
 @pytest.mark.parametrize("job_name", JOBS)
 def test_job_exits_zero_without_aborts(job_name, request):
-    job = request.getfixturevalue(job_name)
-    assert job.returncode == 0, job.output[-4000:]
-    worker_lines = "\n".join(line for line in job.output.splitlines() if line.startswith("["))
-    for text in ("has been removed from elastic job", "terminate called", "Aborted",
-                 "Segmentation fault", "Traceback", "Terminated"):
-        assert text not in worker_lines, job.output[-4000:]
-    assert len(job.events("end")) == 1
+    assert_clean_exit(request.getfixturevalue(job_name))
 
 
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
 @pytest.mark.parametrize("job_name", JOBS)
 def test_all_ranks_identical_after_every_reset(job_name, request):
     job = request.getfixturevalue(job_name)
-    starts = job.events("start")
-    assert len(starts) >= 2
-    for record in starts + job.events("end"):
-        assert len(record["param_digests"]) == record["world_size"]
-        assert len(set(record["param_digests"])) == 1, record
-        assert len(set(record["momentum_digests"])) == 1, record
+    assert len(job.events("start")) >= 2
+    assert_identical_after_every_reset(job)
 
 
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
@@ -156,38 +123,13 @@ def test_lr_follows_policy_through_every_change(job_name, request):
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
 @pytest.mark.parametrize("job_name", JOBS)
 def test_progress_never_goes_back_past_a_commit(job_name, request):
-    job = request.getfixturevalue(job_name)
-    last_commit = 0
-    for record in job.records:
-        if record["event"] == "commit":
-            assert record["progress"] >= last_commit
-            last_commit = record["progress"]
-        elif record["event"] == "start":
-            assert record["progress"] >= last_commit, record
-    assert job.events("end")[0]["progress"] == EPOCHS * 60
+    assert_progress_never_behind_last_commit(request.getfixturevalue(job_name), EPOCHS * 60)
 
 
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
 @pytest.mark.parametrize("job_name", JOBS)
 def test_every_sample_once_per_epoch_in_committed_work(job_name, request):
-    job = request.getfixturevalue(job_name)
-    latest_generation = {}
-    for record in job.indices:
-        key = record["iteration"]
-        latest_generation[key] = max(latest_generation.get(key, -1), record["generation"])
-    per_epoch = {}
-    for record in job.indices:
-        if record["generation"] == latest_generation[record["iteration"]]:
-            per_epoch.setdefault(record["epoch"], []).extend(record["indices"])
-    assert sorted(per_epoch) == list(range(EPOCHS))
-    for epoch, indices in per_epoch.items():
-        assert sorted(indices) == list(range(60)), epoch
-    # Committed global batches match the ranks' shares, step by step.
-    for step in job.committed_steps():
-        shares = [r for r in job.indices if r["iteration"] == step["iteration"]
-                  and r["generation"] == latest_generation[step["iteration"]]]
-        assert sum(len(r["indices"]) for r in shares) == step["global_batch_size"]
-        assert len(shares) == step["world_size"]
+    assert_exactly_once(request.getfixturevalue(job_name), EPOCHS, 60)
 
 
 @pytest.mark.timeout(JOB_TIMEOUT + 30)

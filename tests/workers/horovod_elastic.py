@@ -14,7 +14,8 @@ Started by ``horovodrun --host-discovery-script`` from tests/dist/test_horovod_e
   ``state.check_host_updates()``) until the world has WORLD workers.
 - Rank 0 appends to ``rank0.jsonl``: ``start`` records after every (re)start of the training
   function (generation, world, iteration, progress, every rank's parameter and momentum digests),
-  ``step`` records (world, global batch, applied LR, progress), ``commit`` and ``end`` records.
+  ``step`` records (world, global batch, applied LR, progress), ``commit`` and ``end`` records;
+  the rank that acts on ``--exits`` appends a record named after the action just before it.
   Every rank appends the sample indices it trained to ``indices.<pid>.jsonl``.
 """
 import argparse
@@ -224,12 +225,13 @@ def main(argv=None):
         if trainer.rank != rank:
             return
         open(marker, "w").close()
-        if trainer.rank == 0:
-            recorder.rank0({"event": action, "iteration": iteration,
-                            "world_size": trainer.world_size})
+        # Written by the acting rank (appends of one short line do not interleave).
+        recorder.rank0({"event": action, "iteration": iteration, "rank": rank,
+                        "world_size": trainer.world_size})
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "kill-driver":
+            time.sleep(1.0)  # the last commit's background write lands first
             kill_driver()
         elif action == "stop":
             stop_self(args.progress_file)
