@@ -69,7 +69,8 @@ from .flags import non_negative_int, positive_int
 from .restart import ENV
 
 __all__ = ["NEXT_ASSIGNMENT_SCOPE", "EXIT_NO_SURVIVOR", "ElasticDriver", "rendezvous_handler",
-           "run_driver", "Supervisor", "driver_command", "processes_with_env", "main"]
+           "run_driver", "Supervisor", "driver_command", "processes_with_env",
+           "local_host_names", "main"]
 
 # Rendezvous-store scope of the non-registering question (GET /next_assignment/<host>:<slot>).
 NEXT_ASSIGNMENT_SCOPE = "next_assignment"
@@ -231,6 +232,39 @@ def run_driver(args):
 
 
 # -------------------------------------------------------------------------------- supervisor
+def local_host_names():
+    """Names of this machine on which Horovod starts workers locally, without ``ssh``.
+
+    Horovod runs a worker locally when its host name resolves to an address of one of this
+    machine's interfaces: ``localhost``, ``127.0.0.1``, usually the host name, and the addresses
+    of the other interfaces. Listing several of them gives several one-slot "hosts" on one
+    machine, which failure tests need since the driver blacklists a failed worker's whole host.
+
+    Returns
+    -------
+    list of str
+        In that order, without duplicates.
+    """
+    import socket
+
+    import psutil
+    from horovod.runner.util import network
+
+    local = network.get_local_host_addresses()
+    candidates = ["localhost", "127.0.0.1", socket.gethostname()]
+    for addrs in psutil.net_if_addrs().values():
+        candidates.extend(a.address for a in addrs if a.family == socket.AF_INET)
+    names = []
+    for name in candidates:
+        try:
+            address = network.resolve_host_address(name)
+        except OSError:
+            continue
+        if name not in names and address in local:
+            names.append(name)
+    return names
+
+
 def processes_with_env(var, value):
     """Pids of live processes of this user whose environment holds ``var=value`` (no zombies)."""
     needle = ("%s=%s" % (var, value)).encode()

@@ -9,12 +9,13 @@ run ``python -c "import mxnet"``) are found by a token in their environment inst
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # gluon_elastic, for the host names
+    sys.path.insert(0, ROOT)
 
 
 def kill_job(proc, marker):
@@ -182,29 +183,10 @@ def run_horovodrun(np_workers, argv, timeout, marker, env_extra=None, preexec_fn
 
 
 def loopback_hosts():
-    """Names of this machine that Horovod runs workers on locally, without ssh.
+    """Names of this machine on which Horovod starts workers locally (see the launcher's)."""
+    from gluon_elastic.horovodrun import local_host_names
 
-    Horovod starts a worker locally when its host name resolves to an address of one of this
-    machine's interfaces: ``localhost``, ``127.0.0.1``, usually the host name, and the addresses
-    of the other interfaces. Several names make several one-slot "hosts" on one machine (the
-    driver blacklists a failed worker's whole host).
-    """
-    import psutil
-    from horovod.runner.util import network
-
-    local = network.get_local_host_addresses()
-    candidates = ["localhost", "127.0.0.1", socket.gethostname()]
-    for addrs in psutil.net_if_addrs().values():
-        candidates.extend(a.address for a in addrs if a.family == socket.AF_INET)
-    names = []
-    for name in candidates:
-        try:
-            address = network.resolve_host_address(name)
-        except OSError:
-            continue
-        if name not in names and address in local:
-            names.append(name)
-    return names
+    return local_host_names()
 
 
 def run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, timeout,

@@ -19,7 +19,6 @@ on every rank after every reset, every sample of every epoch exactly once in com
 restart behind the last commit.
 """
 import os
-import random
 import sys
 import time
 
@@ -34,6 +33,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "dist"))
 from horovod_records import (Job, assert_clean_exit, assert_exactly_once,  # noqa: E402
                              assert_identical_after_every_reset,
                              assert_progress_never_behind_last_commit)
+from horovod_elastic import STOP_SECONDS, chaos_plan, listed  # noqa: E402
 from processes import loopback_hosts, run_elastic_horovodrun  # noqa: E402
 
 pytestmark = pytest.mark.dist
@@ -48,10 +48,6 @@ LEAVING = "is not part of the new world; leaving"
 HOSTS = loopback_hosts()
 needs_hosts = pytest.mark.skipif(len(HOSTS) < 4, reason="needs 4 names of this machine, found %s"
                                  % HOSTS)
-
-
-def listed(*hosts):
-    return ",".join("%s:1" % host for host in hosts)
 
 
 def run_job(log_dir, np_start, schedule, exits, epochs=EPOCHS, max_restarts=3):
@@ -74,20 +70,6 @@ def run_job(log_dir, np_start, schedule, exits, epochs=EPOCHS, max_restarts=3):
 def launcher_lines(job):
     return [line for line in job.output.splitlines()
             if line.startswith("[gluon_elastic.horovodrun]")]
-
-
-def chaos_plan(hosts, seed):
-    """(schedule, exits) of the chaos job: 9 membership changes and 4 kills, from ``seed``."""
-    rng = random.Random(seed)
-    a, b, c, d = hosts[:4]
-    every = (a, b, c, d)
-    memberships = [(0, every), (6, (a,)), (9, every), (15, (a, b)), (18, (a, c)), (21, every),
-                   (27, (a, b, c)), (30, every), (36, (rng.choice(every),)), (39, every)]
-    # Kills wait for a world of 4; the one at 24 is rank 0's.
-    kills = [(12, rng.randrange(4)), (24, 0), (33, rng.randrange(4)), (42, rng.randrange(4))]
-    schedule = ";".join("%d:%s" % (iteration, listed(*members)) for iteration, members in memberships)
-    exits = ";".join("%d:%d:kill:4" % kill for kill in kills)
-    return schedule, exits
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +135,6 @@ def test_replacement_ends_at_the_listed_world(replacement_job):
 @needs_hosts
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
 def test_stopped_worker_is_waited_for(stop_job):
-    from horovod_elastic import STOP_SECONDS
-
     assert [s["world_size"] for s in stop_job.events("start")] == [3]
     assert "collective failed" not in stop_job.output
     steps = stop_job.events("step")

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -104,6 +105,30 @@ def parse_exits(text):
         world = int(fields[3]) if len(fields) == 4 else None
         exits[int(fields[0])] = (int(fields[1]), fields[2], world)
     return exits
+
+
+def listed(*hosts):
+    """A discovery schedule's host list of one-slot hosts."""
+    return ",".join("%s:1" % host for host in hosts)
+
+
+def chaos_plan(hosts, seed):
+    """``(schedule, exits)`` of the chaos job from ``seed``: 9 membership changes, 4 kills.
+
+    On the first four of ``hosts``: flaps between 1 and 4 workers, one replacement (b -> c at
+    iteration 18) and SIGKILLs of ranks drawn from ``seed`` in worlds of 4, rank 0 at 24.
+    """
+    rng = random.Random(seed)
+    a, b, c, d = hosts[:4]
+    every = (a, b, c, d)
+    memberships = [(0, every), (6, (a,)), (9, every), (15, (a, b)), (18, (a, c)), (21, every),
+                   (27, (a, b, c)), (30, every), (36, (rng.choice(every),)), (39, every)]
+    # Kills wait for a world of 4; the one at 24 is rank 0's.
+    kills = [(12, rng.randrange(4)), (24, 0), (33, rng.randrange(4)), (42, rng.randrange(4))]
+    schedule = ";".join("%d:%s" % (iteration, listed(*members))
+                        for iteration, members in memberships)
+    exits = ";".join("%d:%d:kill:4" % kill for kill in kills)
+    return schedule, exits
 
 
 def kill_driver():
