@@ -61,11 +61,23 @@ COMMIT_INTERVAL = 20
 
 
 # -------------------------------------------------------------------------------------- set-up
-def install_commands(venv, mxnet_package):
+def default_python():
+    """The newest of python3.11 ... python3.8 on PATH, else this interpreter.
+
+    numpy<1.24, which MXNet 1.9.1 needs, has no wheels past Python 3.11.
+    """
+    for name in ("python3.11", "python3.10", "python3.9", "python3.8"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return sys.executable
+
+
+def install_commands(venv, mxnet_package, python=None):
     """The commands of the set-up, in order: ``[(name, argv, extra environment, background)]``."""
     pip = [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--progress-bar", "off"]
     return [
-        ("venv", [sys.executable, "-m", "venv", venv], {}, False),
+        ("venv", [python or sys.executable, "-m", "venv", venv], {}, False),
         ("mxnet", pip + ["%s==1.9.1" % mxnet_package, "numpy>=1.21,<1.24",
                          "gluoncv==0.10.5.post0", "wheel", "psutil", "pyyaml", "cloudpickle",
                          "packaging", "cmake"], {}, False),
@@ -78,7 +90,8 @@ def set_up(args, deadline, log):
     """Create the venv and install; returns ``(python, horovod Popen or None, report)``."""
     report = {"commands": []}
     horovod = None
-    for name, argv, env, background in install_commands(args.venv, args.mxnet_package):
+    for name, argv, env, background in install_commands(args.venv, args.mxnet_package,
+                                                        args.python):
         if name == "venv" and os.path.exists(os.path.join(args.venv, "bin", "python")):
             continue
         entry = {"name": name, "command": " ".join(argv)}
@@ -467,6 +480,9 @@ def parse_args(argv=None):
     parser.add_argument("--mxnet-package", default="mxnet-cu117",
                         help="MXNet 1.9.1 CUDA wheel: mxnet-cu112 ... mxnet-cu117 "
                              "(default: %(default)s)")
+    parser.add_argument("--python", default=None,
+                        help="interpreter of the venv (default: the newest python3.11 ... "
+                             "python3.8 on PATH)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     parser.add_argument("--no-horovod", dest="horovod", action="store_false",
                         help="skip the Horovod build and part")
@@ -505,6 +521,8 @@ def _run_part(python, phase, args, deadline, env, launcher=()):
 def main(argv=None):
     """Command-line entry point; returns the exit code."""
     args = parse_args(argv)
+    if args.python is None:
+        args.python = default_python()
     if args.phase == "measure":
         return measure(args)
     if args.phase == "horovod":
@@ -525,7 +543,7 @@ def main(argv=None):
         python = sys.executable
         result["setup"] = {"commands": [{"name": name, "command": " ".join(argv), "dry_run": True}
                                         for name, argv, _, _ in install_commands(
-                                            args.venv, args.mxnet_package)]}
+                                            args.venv, args.mxnet_package, args.python)]}
         for entry in result["setup"]["commands"]:
             log("set-up (dry run, not executed): %s" % entry["command"])
         env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
