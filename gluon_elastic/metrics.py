@@ -43,10 +43,10 @@ Every record has ``kind`` and ``time`` (Unix seconds). Kinds:
       (restored), ``lost_iterations``.
     * ``reset``: Horovod re-initialised on a new world (after a failure or a membership change):
       ``cause`` (``failure`` or ``hosts_updated``), ``world_size_from``, ``world_size``.
-    * ``restart``: this process resumed from saved state (a checkpoint: a relaunched KVStore group or
-      a resumed run): ``iteration``, ``progress``, ``generation`` and, when the file already held
-      steps, ``iteration_from`` (the last step recorded before). A restart that resumes an earlier
-      iteration than the last recorded one is followed by a ``rollback``.
+    * ``restart``: this process resumed from saved state (a checkpoint: a relaunched KVStore group
+      or Horovod job, or a resumed run): ``iteration``, ``progress``, ``generation`` and, when the
+      file already held steps, ``iteration_from`` (the last step recorded before). A restart that
+      resumes an earlier iteration than the last recorded one is followed by a ``rollback``.
 
 Failures are only seen where the process survives them (Horovod in place); a KVStore group that
 dies is relaunched by the supervisor and reports a ``restart``, plus a ``rollback`` when steps were
@@ -131,6 +131,9 @@ class MetricsWriter:
         self._rate_samples = 0
         self._pending = None        # (cause, iteration, world_size) of the last interruption
         self._unwritten = []        # events caught while this process was not rank 0
+        self._restart_pending = False       # a restart whose state may still be loading
+        self._last_before_restart = None    # last step record of the run before it
+        self._generation = 0
 
     @property
     def enabled(self):
@@ -174,8 +177,11 @@ class MetricsWriter:
         Parameters
         ----------
         resumed : bool
-            Whether saved state was loaded (a checkpoint of this run). Together with a KVStore
-            relaunch generation above 0 it means *append*; otherwise rank 0 truncates the file.
+            Whether saved state was loaded (a checkpoint of this run): the ``restart`` is recorded
+            now. Under a relaunch (``GLUON_ELASTIC_GENERATION`` above 0) without it, the state may
+            still be loaded inside :func:`gluon_elastic.run.run` (durable commits), so the restart
+            is recorded at the first call of the function :meth:`watch` wraps. Either means
+            *append*; otherwise rank 0 truncates the file.
         backend_name : str, optional
             Recorded as ``backend`` (default: the trainer's backend name).
         """
@@ -186,23 +192,34 @@ class MetricsWriter:
         trainer = self.trainer
         relaunch = generation()
         restarted = bool(resumed) or relaunch > 0
-        last = _last_step(self.path) if restarted else None
         if self.enabled and not restarted:
             self._write_header(backend_name, relaunch, mode="w")
         else:
             self._write_header(backend_name, relaunch)
         if restarted:
-            fields = {"iteration": trainer.iteration, "progress": trainer.progress,
-                      "generation": relaunch, "world_size": trainer.world_size}
-            if last is not None:
-                fields["iteration_from"] = last["iteration"]
-                # The world the run was in: a change to the current one is a world change.
-                self._world_size = last["world_size"]
-            self.event("restart", **fields)
-            if last is not None and last["iteration"] > trainer.iteration:
-                self.event("rollback", iteration_from=last["iteration"],
-                           iteration=trainer.iteration,
-                           lost_iterations=last["iteration"] - trainer.iteration)
+            self._last_before_restart = _last_step(self.path)
+            self._generation = relaunch
+            self._restart_pending = True
+            if resumed:
+                self._record_restart()
+            # Otherwise a relaunched job may still load its state inside gluon_elastic.run.run
+            # (durable commits of a relaunched Horovod job): the first call of the function that
+            # watch() wraps records the restart from what was loaded by then.
+        self.check_world()
+
+    def _record_restart(self):
+        trainer, last = self.trainer, self._last_before_restart
+        self._last_before_restart, self._restart_pending = None, False
+        fields = {"iteration": trainer.iteration, "progress": trainer.progress,
+                  "generation": self._generation, "world_size": trainer.world_size}
+        if last is not None:
+            fields["iteration_from"] = last["iteration"]
+            # The world the run was in: a change to the current one is a world change.
+            self._world_size = last["world_size"]
+        self.event("restart", **fields)
+        if last is not None and last["iteration"] > trainer.iteration:
+            self.event("rollback", iteration_from=last["iteration"], iteration=trainer.iteration,
+                       lost_iterations=last["iteration"] - trainer.iteration)
         self.check_world()
 
     def _write_header(self, backend_name, relaunch, mode="a"):
@@ -293,6 +310,8 @@ class MetricsWriter:
 
         @functools.wraps(func)
         def wrapper(state, *args, **kwargs):
+            if self._restart_pending:
+                self._record_restart()
             self._resumed_after_reset(state)
             try:
                 return func(state, *args, **kwargs)

@@ -239,6 +239,26 @@ def test_restart_appends_and_reports_the_rollback_a_fresh_run_truncates(tmp_path
             rollback["lost_iterations"]) == ("rollback", 6, 4, 2)
     assert (change["event"], change["iteration"], change["world_size_from"],
             change["world_size"]) == ("world_change", 4, 2, 3)
+    # A relaunched Horovod job (generation 2) loads its durable commit inside run.run, after
+    # start(): the restart is recorded when the watched function first runs.
+    monkeypatch.setenv("GLUON_ELASTIC_GENERATION", "2")
+    net, trainer, backend = make_trainer(world_size=1)
+    metrics = MetricsWriter(path, trainer, clock=Clock(3000.0))
+    metrics.start()
+    trainer.iteration = 3
+
+    @metrics.watch
+    def fit(state):
+        train_step(net, trainer)
+        metrics.step(0, loss=1.0)
+
+    fit(type("State", (), {"generation": 2})())
+    records = read_records(path)[12:]
+    assert [(r["kind"], r.get("event"), r.get("iteration"), r.get("iteration_from"))
+            for r in records] == [("start", None, 0, None), ("event", "restart", 3, 5),
+                                  ("event", "rollback", 3, 5), ("event", "world_change", 3, None),
+                                  ("step", None, 4, None)]
+    assert (records[1]["generation"], records[3]["world_size_from"]) == (2, 3)
     # A fresh run (first launch, nothing resumed) starts the file again.
     monkeypatch.setenv("GLUON_ELASTIC_GENERATION", "0")
     net, trainer, backend = make_trainer()
