@@ -1,0 +1,149 @@
+"""The Horovod launcher's pieces in one process: its driver's questions, the supervisor's loop."""
+import os
+import sys
+import time
+
+import pytest
+
+from gluon_elastic import horovodrun
+
+pytest.importorskip("horovod.runner.elastic.driver")
+
+
+class FakeRendezvous:
+    """What the driver calls on its rendezvous server."""
+
+    def __init__(self):
+        self.plans = []
+
+    def init(self, host_alloc_plan):
+        self.plans.append([(s.hostname, s.rank) for s in host_alloc_plan])
+
+    def stop(self):
+        pass
+
+
+@pytest.fixture
+def driver():
+    from horovod.runner.elastic.discovery import FixedHosts
+
+    hosts = FixedHosts({"a": 1, "b": 1})
+    driver = horovodrun.ElasticDriver(FakeRendezvous(), hosts, 1, 4)
+    driver.fixed_hosts = hosts
+    yield driver
+    driver.stop()
+
+
+def wait_for(condition, seconds=10.0):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "condition not met in %.0f s" % seconds
+        time.sleep(0.05)
+
+
+def slot_ranks(driver, method):
+    return {host: getattr(driver, method)(host, 0).rank for host in ("a", "b", "c", "d")}
+
+
+@pytest.mark.timeout(60)
+def test_next_assignment_reads_the_next_world_without_registering(driver):
+    wait_for(lambda: driver._host_manager.current_hosts.count_available_slots() == 2)
+    driver._update_host_assignments(driver._host_manager.current_hosts)
+    current = slot_ranks(driver, "get_slot_info")
+    # Horovod orders the first hosts through a set: a and b hold ranks 0 and 1 in either order.
+    assert sorted(current.values()) == [-1, -1, 0, 1] and current["c"] == current["d"] == -1
+    driver.fixed_hosts.set({"a": 1, "c": 1})  # a replacement: b out, c in
+    wait_for(lambda: "c" in driver._host_manager.current_hosts.host_assignment_order)
+    # The oldest host keeps the lowest rank; the joiner comes last.
+    assert slot_ranks(driver, "next_slot_info") == {"a": 0, "b": -1, "c": 1, "d": -1}
+    # Nothing registered, and the current world is untouched until its round completes.
+    assert driver._worker_registry.count("READY") == 0
+    assert slot_ranks(driver, "get_slot_info") == current
+
+
+@pytest.mark.timeout(60)
+def test_a_world_without_survivor_is_reported_not_raised(driver):
+    wait_for(lambda: driver._host_manager.current_hosts.count_available_slots() == 2)
+    driver._update_host_assignments(driver._host_manager.current_hosts)
+    driver.fixed_hosts.set({"c": 1, "d": 1})
+    wait_for(lambda: "d" in driver._host_manager.current_hosts.host_assignment_order)
+    driver.resume()
+    assert driver.no_survivor == ("no worker of the previous world survives (its hosts a,b, "
+                                  "listed now c,d)")
+    # The previous world's workers are told they have no rank, so they leave on their own.
+    assert slot_ranks(driver, "get_slot_info") == {"a": -1, "b": -1, "c": -1, "d": -1}
+    assert driver.stop_timer is not None
+    driver.stop_timer.cancel()
+
+
+def fake_driver(codes):
+    """A driver command whose generation g exits with ``codes[g]`` (negative: killed by signal)."""
+
+    def command(np):
+        return [sys.executable, "-c",
+                "import os, signal, sys\n"
+                "code = %r[int(os.environ['GLUON_ELASTIC_GENERATION'])]\n"
+                "print('np', %d, 'checkpoints in', os.environ['GLUON_ELASTIC_CHECKPOINT_DIR'])\n"
+                "sys.stdout.flush()\n"
+                "os.kill(os.getpid(), -code) if code < 0 else sys.exit(code)\n" % (codes, np)]
+
+    return command
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_relaunches_until_the_job_finishes(tmp_path, capfd):
+    from gluon_elastic.checkpoint import CheckpointManager
+
+    CheckpointManager(str(tmp_path)).save({"step": 12}, step=12)
+    supervisor = horovodrun.Supervisor(fake_driver([-9, horovodrun.EXIT_NO_SURVIVOR, 0]), 4, 2,
+                                       str(tmp_path), max_restarts=3)
+    assert supervisor.run() == 0
+    lines = capfd.readouterr().out.splitlines()
+    checkpoint = os.path.join(str(tmp_path), "state-000000000012.ckpt")
+    assert lines == [
+        "np 4 checkpoints in %s" % tmp_path,
+        "[gluon_elastic.horovodrun] the driver was killed by signal 9; relaunching on the listed "
+        "hosts from %s (restart 1 of 3)" % checkpoint,
+        "np 2 checkpoints in %s" % tmp_path,
+        "[gluon_elastic.horovodrun] no worker of the previous world survives; relaunching on the "
+        "listed hosts from %s (restart 2 of 3)" % checkpoint,
+        "np 2 checkpoints in %s" % tmp_path,
+        "[gluon_elastic.horovodrun] job finished after 2 relaunch(es)"]
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_gives_up_at_the_restart_limit(tmp_path, capfd):
+    supervisor = horovodrun.Supervisor(fake_driver([1, -9, 0]), 2, 1, str(tmp_path),
+                                       max_restarts=1)
+    assert supervisor.run() == 137
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("[")]
+    assert lines == [
+        "[gluon_elastic.horovodrun] the driver exited with code 1 (workers failed); relaunching "
+        "on the listed hosts from no checkpoint yet (from the start) (restart 1 of 1)",
+        "[gluon_elastic.horovodrun] giving up: the driver was killed by signal 9 and the restart "
+        "limit (--max-restarts 1) is used up; last checkpoint: no checkpoint yet (from the "
+        "start)"]
+
+
+def test_driver_command_repeats_the_launcher_flags():
+    args = horovodrun.parse_args(["-np", "3", "--min-np", "2", "--max-np", "4", "-H",
+                                  "a:1,b:2", "--network-interface", "lo",
+                                  "--blacklist-cooldown-range", "1,5", "--", "python", "train.py",
+                                  "--epochs", "2"])
+    assert horovodrun.driver_command(args, 2) == [
+        sys.executable, "-m", "gluon_elastic.horovodrun", "--driver", "-np", "2",
+        "--slots-per-host", "1", "--elastic-timeout", "600", "--start-timeout", "30",
+        "--min-np", "2", "--max-np", "4", "-H", "a:1,b:2", "--network-interface", "lo",
+        "--blacklist-cooldown-range", "1,5", "--", "python", "train.py", "--epochs", "2"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-np", "2", "--min-np", "3", "-H", "a:4", "--", "x"], "need --min-np <= -np <= --max-np"),
+    (["-np", "2", "-H", "a:2", "--blacklist-cooldown-range", "5,1", "--", "x"], "MIN <= MAX"),
+    (["-np", "2", "-H", "a:2"], "give the worker command after '--'"),
+])
+def test_bad_flags_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        horovodrun.parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
