@@ -17,11 +17,13 @@ from --checkpoint-dir, save there on every commit and stop at an agreed step whe
         python scripts/train_mnist.py --backend dist_sync --checkpoint-dir /tmp/mnist_ckpt
 
 Elastic Horovod on this machine (workers join and leave as the discovery script says; run_main.sh
-generates one that goes 2 -> 3 -> 1 workers with the progress written to --progress-file):
+generates one that goes 2 -> 3 -> 1 workers with the progress written to --progress-file; the
+launcher relaunches the job from its last commit if the driver dies or no worker survives; plain
+horovodrun with the same flags works too, in place only):
 
-    horovodrun --gloo -np 2 --min-np 1 --max-np 3 --host-discovery-script ./discover.sh \\
-        --network-interface lo python scripts/train_mnist.py --backend horovod \\
-        --progress-file /tmp/progress
+    python -m gluon_elastic.horovodrun -np 2 --min-np 1 --max-np 3 \\
+        --host-discovery-script ./discover.sh --network-interface lo --checkpoint-dir /tmp/job -- \\
+        python scripts/train_mnist.py --backend horovod --progress-file /tmp/progress
 
 The loop is built around an ElasticState (model, trainer, sampler, epoch): it commits every
 --commit-interval steps and at the end of each epoch, checks for membership changes every
