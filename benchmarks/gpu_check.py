@@ -1,4 +1,4 @@
-"""GPU check: ElasticTrainer against gluon.Trainer on one NVIDIA GPU, ready to run on a bare machine.
+"""GPU check: ElasticTrainer against gluon.Trainer on one NVIDIA GPU, from a bare machine.
 
     python3 benchmarks/gpu_check.py              # one NVIDIA GPU, package registries: ~8 minutes
     python3 benchmarks/gpu_check.py --dry-run    # the same path on CPU at a tiny size (~30 s)
@@ -344,9 +344,9 @@ def measure(args):
         out["mxnet"] = mx.__version__
         out["context"] = str(ctx)
         if ctx.device_type == "gpu":
-            out["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                         "--format=csv,noheader"], capture_output=True,
-                                        text=True).stdout.strip()
+            out["gpu"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                 "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
     except Exception as err:  # the accepted outcome on GPUs newer than the CUDA 11 wheels
         out["errors"]["context"] = "%s: %s" % (type(err).__name__, err)
         _write_json(args.report, out)
@@ -476,7 +476,8 @@ def parse_args(argv=None):
                         help="CPU, tiny sizes, no installation (the running Python's packages)")
     parser.add_argument("--budget", type=float, default=480.0,
                         help="seconds for everything, set-up included (default: %(default)s)")
-    parser.add_argument("--venv", default=DEFAULT_VENV, help="venv of the check (default: %(default)s)")
+    parser.add_argument("--venv", default=DEFAULT_VENV,
+                        help="venv of the check (default: %(default)s)")
     parser.add_argument("--mxnet-package", default="mxnet-cu117",
                         help="MXNet 1.9.1 CUDA wheel: mxnet-cu112 ... mxnet-cu117 "
                              "(default: %(default)s)")
@@ -494,7 +495,7 @@ def parse_args(argv=None):
 
 
 def _run_part(python, phase, args, deadline, env, launcher=()):
-    """Run a measuring phase in ``python``; returns ``(report dict or None, return code, output)``."""
+    """Run a measuring phase in ``python``; returns ``(report or None, exit code, output)``."""
     fd, report = tempfile.mkstemp(prefix="gpu_check_", suffix=".json")
     os.close(fd)
     os.remove(report)

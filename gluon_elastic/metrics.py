@@ -189,7 +189,6 @@ class MetricsWriter:
             return
         from .restart import generation
 
-        trainer = self.trainer
         relaunch = generation()
         restarted = bool(resumed) or relaunch > 0
         if self.enabled and not restarted:
@@ -297,7 +296,7 @@ class MetricsWriter:
 
     # ------------------------------------------------------------------------------ failures
     def watch(self, func):
-        """Wrap a training function run by :func:`gluon_elastic.run.run` to record its interruptions.
+        """Wrap a function run by :func:`gluon_elastic.run.run` to record its interruptions.
 
         ``run(metrics.watch(fit))``: a failed collective inside ``fit`` is recorded as a ``failure``
         (by rank 0 at once, or by whoever is rank 0 after the reset when rank 0 was the one lost),

@@ -154,7 +154,8 @@ def main(argv=None):
     """Command-line entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m gluon_elastic.plot",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", metavar="RUN.jsonl", help="metrics files (--metrics-file)")
+    parser.add_argument("runs", nargs="+", metavar="RUN.jsonl",
+                        help="metrics files (--metrics-file)")
     parser.add_argument("-o", "--out", default="run.png", help="image file (default: %(default)s)")
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per file")
     parser.add_argument("--title", default=None)

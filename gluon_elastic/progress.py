@@ -10,8 +10,8 @@ Shown only where the ``gluon_elastic`` logger is enabled for INFO, which
 rank 0 after a reset), so no rank needs to be passed and other ranks print nothing. Where the
 output stream is a terminal, a tqdm bar is drawn (and removed when the phase ends); elsewhere (a log
 file, a pipe, ``horovodrun``'s prefixed output) a line ``desc: n/total (p%) in s, about r s left``
-is logged every ``interval`` seconds, and one at the end of a phase that printed any, because carriage-return bars turn
-into unreadable runs of text in files. Without tqdm installed the lines are used everywhere.
+is logged every ``interval`` seconds, and one at the end of a phase that printed any, because
+carriage-return bars turn into unreadable runs of text in files. Without tqdm installed the lines are used everywhere.
 Imports no MXNet.
 """
 import logging

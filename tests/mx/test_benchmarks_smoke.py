@@ -153,7 +153,7 @@ def test_gpu_check_dry_run(out_dir):
                timeout=300)
     with open(out_dir / "gpu_check_dry_run.json") as fin:
         result = json.load(fin)
-    assert result["dry_run"] is True and result["context"] == "cpu(0)" and result["mxnet"] == "1.9.1"
+    assert (result["dry_run"], result["context"], result["mxnet"]) == (True, "cpu(0)", "1.9.1")
     assert result["errors"] == {}
     commands = [entry["command"] for entry in result["setup"]["commands"]]
     assert len(commands) == 3 and commands[0].endswith("-m venv " + os.path.join(
@@ -184,5 +184,6 @@ def test_gpu_check_dry_run(out_dir):
     assert result["horovod"]["world_size"] == 1 and result["horovod"]["images_per_second"] > 0
     table = (out_dir / "gpu_check_dry_run.md").read_text()
     assert "| float16 | nag |" in table and "(update only)" in table
-    assert "**Emulated world change 1 -> 4**" in table and "**Horovod** (`horovodrun -np 1`)" in table
+    assert "**Emulated world change 1 -> 4**" in table
+    assert "**Horovod** (`horovodrun -np 1`)" in table
     assert "[gpu_check] wrote gpu_check_dry_run.json" in proc.stdout
