@@ -181,9 +181,10 @@ def test_gpu_check_dry_run(out_dir):
     # Dynamic SGD from 1x to 4x over T = 4 iterations, starting at the first step of world 4.
     assert [s["lr"] for s in steps] == pytest.approx(
         [0.01, 0.01, 0.01, 0.0175, 0.025, 0.0325, 0.04, 0.04])
-    assert result["horovod"]["world_size"] == 1 and result["horovod"]["images_per_second"] > 0
+    assert (result["horovod"]["world_size"], result["horovod"]["context"]) == (1, "cpu(0)")
+    assert result["horovod"]["images_per_second"] > 0
     table = (out_dir / "gpu_check_dry_run.md").read_text()
     assert "| float16 | nag |" in table and "(update only)" in table
     assert "**Emulated world change 1 -> 4**" in table
-    assert "**Horovod** (`horovodrun -np 1`)" in table
+    assert "**Horovod** (`horovodrun -np 1`, cpu(0))" in table
     assert "[gpu_check] wrote gpu_check_dry_run.json" in proc.stdout
