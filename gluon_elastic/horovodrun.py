@@ -64,6 +64,7 @@ import uuid
 
 from horovod.runner.common.util import hosts as hvd_hosts
 from horovod.runner.elastic.driver import ElasticDriver as HorovodElasticDriver
+from horovod.runner.elastic.worker import HostUpdateResult
 
 from .flags import non_negative_int, positive_int
 from .restart import ENV
@@ -100,12 +101,56 @@ class ElasticDriver(HorovodElasticDriver):
     ----------
     no_survivor : str or None
         Why the next world could not be formed from the previous one, once that happened.
+    stale_assignment_seconds : float
+        How long the world may differ from the one the listed hosts form before the change is
+        announced again (a round of re-initialisation takes well under that).
     """
+
+    stale_assignment_seconds = 3.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.no_survivor = None
         self.stop_timer = None
+        self._watcher = threading.Thread(target=self._renotify_stale_assignments,
+                                         name="gluon_elastic-assignment-watcher", daemon=True)
+        self._watcher.start()
+
+    def _renotify_stale_assignments(self):
+        """Announce a host change again when the world still differs from the hosts listed.
+
+        Horovod notifies the workers once per discovery change, and a notification can be lost:
+        Horovod's ``State.on_reset`` empties the queue of a worker that is re-initialising (a
+        host coming back from its blacklist cool-down while the others wait for a joiner), and
+        two notifications within one second carry the same timestamp, so the second is ignored.
+        The job would then run short of the listed hosts until discovery changes again. This
+        thread compares the current world with the one the listed hosts would form, and when
+        they have differed for :attr:`stale_assignment_seconds` it notifies the workers again.
+        """
+        stale_since = None
+        while not self._shutdown.wait(1.0):
+            with self._wait_hosts_cond:
+                current = self._host_manager.current_hosts
+                if not self._host_assignments \
+                        or current.count_available_slots() < self._min_num_proc:
+                    stale_since = None
+                    continue
+                next_assignments = self._get_host_assignments(current)[0]
+                if next_assignments == self.host_assignments:
+                    stale_since = None
+                    continue
+                now = time.monotonic()
+                if stale_since is None:
+                    stale_since = now
+                elif now - stale_since >= self.stale_assignment_seconds:
+                    slots = {(s.hostname, s.local_rank) for v in self.host_assignments.values()
+                             for s in v}
+                    wanted = {(s.hostname, s.local_rank) for v in next_assignments.values()
+                              for s in v}
+                    update = (HostUpdateResult.removed if slots - wanted else 0) \
+                        | (HostUpdateResult.added if wanted - slots else 0)
+                    self._notify_workers_host_changes(current, update)
+                    stale_since = now
 
     def next_slot_info(self, host, slot):
         """Slot info of ``host[slot]`` in the world the hosts known now would form.

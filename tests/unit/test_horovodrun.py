@@ -76,6 +76,24 @@ def test_a_world_without_survivor_is_reported_not_raised(driver):
     driver.stop_timer.cancel()
 
 
+@pytest.mark.timeout(60)
+def test_a_lost_host_notification_is_sent_again(driver):
+    wait_for(lambda: driver._host_manager.current_hosts.count_available_slots() == 2)
+    driver._update_host_assignments(driver._host_manager.current_hosts)
+    notified = []
+    driver._notify_workers_host_changes = lambda hosts, update: notified.append(int(update))
+    driver.stale_assignment_seconds = 0.5
+    driver.fixed_hosts.set({"a": 1, "b": 1, "c": 1})
+    # Discovery announces the new host once (2: added); the workers never acted on it, so the
+    # watcher announces it again while the world differs from the hosts listed.
+    wait_for(lambda: len(notified) >= 3)
+    assert set(notified) == {2}
+    driver._update_host_assignments(driver._host_manager.current_hosts)  # the round is done
+    count = len(notified)
+    time.sleep(2.5)
+    assert len(notified) == count
+
+
 def fake_driver(codes):
     """A driver command whose generation g exits with ``codes[g]`` (negative: killed by signal)."""
 
