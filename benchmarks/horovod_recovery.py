@@ -387,6 +387,8 @@ def main(argv=None):
         if not args.skip_chaos:
             results["chaos"].append(chaos_job(hosts, args.timeout))
             print("chaos: %s" % results["chaos"][-1], flush=True)
+        with open(args.out, "w") as fout:  # what is measured so far survives a failed job
+            json.dump(results, fout, indent=1)
     block = table(results, "the main job's CNN" if args.model == "mnist" else args.model)
     print(block)
     with open(args.out, "w") as fout:
