@@ -8,6 +8,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["gluon_elastic", "gluon_elastic.*"]),
+    # Compiled on first use against the installed MXNet (gluon_elastic.kernels).
+    package_data={"gluon_elastic.kernels": ["*.cc"]},
     python_requires=">=3.11,<3.12",
     install_requires=[
         "mxnet==1.9.1",

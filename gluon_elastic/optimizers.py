@@ -2,8 +2,8 @@
 
 MXNet's ``sgd`` and ``nag`` keep the LR inside the momentum buffer (v-form, ``v = -lr * u``).
 :class:`gluon_elastic.ElasticTrainer` rescales the buffer by ``lr_t / lr_{t-1}`` whenever the LR
-changes, which makes the v-form trajectory equal the u-form one (Eq. 3 of Lin et al.). Two cases
-need the optimizer's help, and the classes here give it:
+changes, which makes the v-form trajectory equal the u-form one (Eq. 3 of Lin et al.). Three
+things need the optimizer's help, and the classes here give it:
 
 1. **A step at LR 0** (warmup from 0, a schedule that ends at 0). In u-form nothing is special:
    ``u <- mu * u + g'`` and the weight stays. In v-form the buffer would lose ``u`` (``v = 0 * u``).
@@ -12,14 +12,18 @@ need the optimizer's help, and the classes here give it:
    the next LR above 0 rescales it exactly as u-form would.
 2. **Nesterov with weight decay.** MXNet 1.9.1's ``nag_mom_update`` and ``mp_nag_mom_update``
    write the new weight in place and then read it for the weight-decay term of the momentum:
-   ``v <- mu * v - lr * (g + wd * w_new)``. :class:`ElasticNAG` moves the weight decay out of the
-   kernel: ``v <- v - (lr * wd / mu) * w`` and ``w <- (1 - lr * wd) * w`` (two multi-tensor
-   kernels for up to 60 parameters at once), then the stock kernel with ``wd = 0``, which gives
+   ``v <- mu * v - lr * (g + wd * w_new)``. :class:`ElasticNAG` runs its own kernel
+   (:mod:`gluon_elastic.kernels`, compiled on first use), which reads every input once:
 
        v <- mu * v - lr * (g + wd * w) ;  w <- w + mu * v - lr * (g + wd * w)
 
-   on every path (float32, float16 with fp32 master weights, clipped gradients), at about the
-   cost of the stock fused update.
+   for a group of parameters per call, float32 and float16 with fp32 master weights, clipped
+   gradients included; on CPU it costs less than MXNet's own kernel. Where the kernel cannot run
+   (GPU arrays, no compiler) the same update takes three kernels: the decay moves out of MXNet's
+   (``v <- v - (lr * wd / mu) * w``, ``w <- (1 - lr * wd) * w``), then MXNet's with ``wd = 0``.
+3. **A changed LR.** ``momentum_scale`` multiplies the buffers by ``lr_t / lr_{t-1}`` inside the
+   update (the momentum coefficient of the kernels becomes ``mu * scale``), so a ramp or a cosine
+   schedule costs no extra pass over the buffers.
 
 Both pickle as MXNet's own classes (:func:`portable_copy`), so a ``.states`` file written by the
 trainer loads into a plain ``gluon.Trainer``.
@@ -27,6 +31,9 @@ trainer loads into a plain ``gluon.Trainer``.
 import copy
 
 import mxnet as mx
+import numpy as np
+
+from . import kernels
 
 __all__ = ["ElasticSGD", "ElasticNAG", "elastic_optimizer", "portable_copy", "scale_arrays",
            "V_FORM_OPTIMIZERS"]
@@ -65,22 +72,25 @@ def _multi_axpy(targets, sources, coefficients):
 
 
 def scale_arrays(arrays, factor):
-    """Multiply every array in place by ``factor``, a few multi-tensor kernels for all of them."""
-    by_dtype = {}
+    """Multiply every array in place by ``factor``."""
     for array in arrays:
-        by_dtype.setdefault(array.dtype, []).append(array)
-    for group in by_dtype.values():
-        _multi_axpy(group, group, [1.0 - factor] * len(group))
+        array *= factor
 
 
-class _ZeroLRStep:
-    """Mixin: with ``zero_lr_step`` set, keep the weights and accumulate the momentum buffers.
+class _UForm:
+    """Mixin: the two hooks through which the trainer keeps v-form buffers in u-form.
 
-    The buffer is updated at the scale ``lr`` (times each parameter's ``lr_mult``), i.e.
-    ``v <- mu * v - lr * (clip(rescale * g) + wd * w)``, which in u-form is ``u <- mu * u + g'``.
+    ``momentum_scale``: multiply every momentum buffer by this before the step (the correction
+    ``lr_t / lr_{t-1}`` of a changed LR), folded into the update kernels' momentum coefficient, so
+    it costs no extra pass over the buffers. The trainer sets it before an update and resets it.
+
+    ``zero_lr_step``: keep the weights and accumulate the momentum buffers at the scale ``lr``
+    (times each parameter's ``lr_mult``), i.e. ``v <- mu * v - lr * (clip(rescale * g) + wd * w)``,
+    which in u-form is ``u <- mu * u + g'`` at LR 0.
     """
 
     zero_lr_step = False
+    momentum_scale = 1.0
 
     def _momentum_only(self, indices, weights, grads, states):
         self._update_count(indices)
@@ -94,19 +104,27 @@ class _ZeroLRStep:
             grad = grad.astype(weight.dtype, copy=False) * self.rescale_grad
             if self.clip_gradient is not None:
                 grad = mx.nd.clip(grad, -self.clip_gradient, self.clip_gradient)
-            momentum[:] = self.momentum * momentum - lr * (grad + wd * weight)
+            momentum[:] = (self.momentum * self.momentum_scale) * momentum - lr * (grad + wd * weight)
 
 
-class ElasticSGD(_ZeroLRStep, mx.optimizer.SGD):
+class ElasticSGD(_UForm, mx.optimizer.SGD):
     """MXNet's ``sgd`` (fused multi-tensor kernels and all) with a u-form step at LR 0."""
 
     def update_multi_precision(self, index, weight, grad, state):
         if self.zero_lr_step:
             return self._momentum_only(*_as_lists(index, weight, grad, state))
-        return super().update_multi_precision(index, weight, grad, state)
+        if self.momentum_scale == 1.0:
+            return super().update_multi_precision(index, weight, grad, state)
+        # v <- mu * (s * v) - lr * g' is the stock update with the coefficient mu * s.
+        momentum = self.momentum
+        self.momentum = momentum * self.momentum_scale
+        try:
+            return super().update_multi_precision(index, weight, grad, state)
+        finally:
+            self.momentum = momentum
 
 
-class ElasticNAG(_ZeroLRStep, mx.optimizer.NAG):
+class ElasticNAG(_UForm, mx.optimizer.NAG):
     """Nesterov momentum, v-form, with the weight-decay term taken from the weight before the step.
 
     ``g' = clip(rescale_grad * g) + wd * w``;  ``v <- mu * v - lr * g'``;
@@ -116,8 +134,8 @@ class ElasticNAG(_ZeroLRStep, mx.optimizer.NAG):
 
     def __init__(self, momentum=0.0, **kwargs):
         super().__init__(momentum=momentum, **kwargs)
-        # The Updater hands over up to this many parameters of one dtype per call, so the weight
-        # decay of a whole group moves in two kernels.
+        # The Updater hands over up to this many parameters of one dtype per call: one kernel
+        # call updates them all.
         self.aggregate_num = _MULTI_TENSOR_LIMIT
 
     def update(self, index, weight, grad, state):
@@ -130,38 +148,67 @@ class ElasticNAG(_ZeroLRStep, mx.optimizer.NAG):
         self._update_count(indices)
         lrs = self._get_lrs(indices)
         wds = self._get_wds(indices)
+        fallback, compiled = [], {}
+        for weight, grad, state, lr, wd in zip(weights, grads, states, lrs, wds):
+            momentum, master = _split_state(state)
+            if momentum is None:  # no momentum: plain SGD, whose kernels read the weight once
+                kwargs = {"rescale_grad": self.rescale_grad, "lr": lr, "wd": wd}
+                if self.clip_gradient:
+                    kwargs["clip_gradient"] = self.clip_gradient
+                if master is None:
+                    mx.nd.sgd_update(weight, grad, out=weight, **kwargs)
+                else:
+                    mx.nd.mp_sgd_update(weight, grad, master, out=weight, **kwargs)
+            elif _kernel_fits(weight, master):
+                compiled.setdefault(master is None, []).append((weight, grad, momentum, master,
+                                                                lr, wd))
+            else:
+                fallback.append((weight, grad, momentum, master, lr, wd))
+        for plain, items in compiled.items():
+            weights_, grads_, momenta, masters, lrs_, wds_ = (list(c) for c in zip(*items))
+            kernels.to_default_layout(weights_ + grads_)
+            kernels.multi_nag_update(weights_, grads_, momenta, None if plain else masters,
+                                     lrs_, wds_, momentum=self.momentum,
+                                     rescale_grad=self.rescale_grad,
+                                     clip_gradient=self.clip_gradient or -1.0,
+                                     momentum_scale=self.momentum_scale)
+        if fallback:
+            self._fallback_update(fallback)
+        return None
+
+    def _fallback_update(self, items):
+        """Without the compiled kernels (GPU arrays, no compiler): the decay out of MXNet's kernel.
+
+        ``v <- v - (lr wd / mu) w`` and ``w <- (1 - lr wd) w`` in multi-tensor kernels, then the
+        stock kernel with ``wd = 0``, whose in-place read of the weight is then harmless.
+        """
         kwargs = {"rescale_grad": self.rescale_grad}
         if self.clip_gradient:
             kwargs["clip_gradient"] = self.clip_gradient
-
-        # Weight decay out of the kernel, for every parameter with momentum and decay.
-        moms, masters, folds, shrinks = [], [], [], []
-        for weight, state, lr, wd in zip(weights, states, lrs, wds):
-            momentum, master = _split_state(state)
-            if momentum is not None and wd != 0.0 and lr != 0.0:
-                moms.append(momentum)
-                masters.append(master if master is not None else weight)
-                folds.append(lr * wd / self.momentum)
-                shrinks.append(lr * wd)
-        if moms:
-            _multi_axpy(moms, masters, folds)        # v <- v - (lr wd / mu) w
-            _multi_axpy(masters, masters, shrinks)   # w <- w - lr wd w
-
-        for weight, grad, state, lr, wd in zip(weights, grads, states, lrs, wds):
-            momentum, master = _split_state(state)
-            if momentum is not None:
-                # The decay was applied above (or is 0): the kernel's in-place read is harmless.
-                if master is None:
-                    mx.nd.nag_mom_update(weight, grad, momentum, out=weight, lr=lr, wd=0.0,
-                                         momentum=self.momentum, **kwargs)
-                else:
-                    mx.nd.mp_nag_mom_update(weight, grad, momentum, master, out=weight, lr=lr,
-                                            wd=0.0, momentum=self.momentum, **kwargs)
-            elif master is None:  # no momentum: plain SGD, whose kernel reads the weight once
-                mx.nd.sgd_update(weight, grad, out=weight, lr=lr, wd=wd, **kwargs)
+        if self.momentum_scale != 1.0:
+            scale_arrays([momentum for _, _, momentum, _, _, _ in items], self.momentum_scale)
+        decayed = [(momentum, master if master is not None else weight, lr * wd)
+                   for weight, _, momentum, master, lr, wd in items if wd != 0.0 and lr != 0.0]
+        if decayed:
+            moms, targets, shrinks = (list(column) for column in zip(*decayed))
+            _multi_axpy(moms, targets, [shrink / self.momentum for shrink in shrinks])
+            _multi_axpy(targets, targets, shrinks)
+        for weight, grad, momentum, master, lr, _ in items:
+            if master is None:
+                mx.nd.nag_mom_update(weight, grad, momentum, out=weight, lr=lr, wd=0.0,
+                                     momentum=self.momentum, **kwargs)
             else:
-                mx.nd.mp_sgd_update(weight, grad, master, out=weight, lr=lr, wd=wd, **kwargs)
-        return None
+                mx.nd.mp_nag_mom_update(weight, grad, momentum, master, out=weight, lr=lr,
+                                        wd=0.0, momentum=self.momentum, **kwargs)
+
+
+def _kernel_fits(weight, master):
+    """Whether the compiled kernel takes this parameter (CPU; float32/64, or float16 + master)."""
+    if weight.context.device_type != "cpu" or not kernels.available():
+        return False
+    if master is None:
+        return weight.dtype in (np.float32, np.float64)
+    return weight.dtype == np.float16 and master.dtype == np.float32
 
 
 V_FORM_OPTIMIZERS = (mx.optimizer.SGD, mx.optimizer.NAG)

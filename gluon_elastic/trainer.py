@@ -145,6 +145,7 @@ class ElasticTrainer(gluon.Trainer):
         self._reduced = None
         self._correct_momentum = (self._transition.momentum_correction
                                   and isinstance(self._optimizer, V_FORM_OPTIMIZERS))
+        self._u_form_optimizer = isinstance(self._optimizer, (ElasticSGD, ElasticNAG))
         self._sync_world()
         if all(not p._deferred_init for p in self._params):  # pylint: disable=protected-access
             self._init_eagerly()
@@ -295,11 +296,16 @@ class ElasticTrainer(gluon.Trainer):
                 updater.states[index] = self._optimizer.create_state_multi_precision(index, weight)
                 updater.states_synced[index] = True
 
-    def momentum_arrays(self):
-        """Momentum buffers of every parameter on every device (empty for momentum-free optimizers)."""
+    def momentum_arrays(self, indices=None):
+        """Momentum buffers of every parameter (or of ``indices``) on every device.
+
+        Empty for momentum-free optimizers.
+        """
         arrays = []
         for updater in self._updaters:
             for index in sorted(updater.states):
+                if indices is not None and index not in indices:
+                    continue
                 state = updater.states[index]
                 # multi_precision keeps (momentum, fp32 weight); only the momentum holds the LR.
                 state = state[0] if isinstance(state, (tuple, list)) else state
@@ -334,16 +340,21 @@ class ElasticTrainer(gluon.Trainer):
         self._optimizer._index_update_count = dict(counters["index_update_count"])  # pylint: disable=protected-access
 
     def _apply_lr(self, lr):
-        """Set the LR of the next update; with momentum correction, keep the buffers in u-form."""
+        """Set the LR of the next update; with momentum correction, keep the buffers in u-form.
+
+        Returns the factor by which the momentum buffers must be multiplied before the update
+        (``lr_t / lr_{t-1}``; 1 when the LR did not change).
+        """
         if not self._correct_momentum:
             self._optimizer.lr = lr
-            return
+            return 1.0
+        scale = 1.0
         if lr > 0:
             if self._buffer_lr is not None and lr != self._buffer_lr:
-                scale_arrays(self.momentum_arrays(), lr / self._buffer_lr)
+                scale = lr / self._buffer_lr
             self._buffer_lr = lr
         else:
-            if not isinstance(self._optimizer, (ElasticSGD, ElasticNAG)):
+            if not self._u_form_optimizer:
                 raise ValueError("a step at LR 0 with momentum correction needs gluon_elastic's "
                                  "sgd or nag (got %s); start the schedule above 0 or pass "
                                  "momentum_correction=False" % type(self._optimizer).__name__)
@@ -351,8 +362,9 @@ class ElasticTrainer(gluon.Trainer):
                 self._buffer_lr = 1.0  # any scale > 0: the buffers are rescaled when LR > 0
         # At LR 0 the optimizer keeps the weights and accumulates the buffers at their scale.
         self._optimizer.lr = self._buffer_lr
-        if isinstance(self._optimizer, (ElasticSGD, ElasticNAG)):
+        if self._u_form_optimizer:
             self._optimizer.zero_lr_step = lr == 0
+        return scale
 
     def _begin_step(self, batch_size, global_batch_size):
         """Checks and set-up shared by :meth:`step` and :meth:`allreduce_grads`.
@@ -394,11 +406,31 @@ class ElasticTrainer(gluon.Trainer):
         return self.world_size if self._backend.grad_reduction == "mean" else 1
 
     def _finish_step(self, rescale_grad, ignore_stale_grad, global_batch_size):
-        self._apply_lr(self.learning_rate)
+        scale = self._apply_lr(self.learning_rate)
         self._optimizer.rescale_grad = rescale_grad
-        self._update(ignore_stale_grad)
+        if scale == 1.0:
+            self._update(ignore_stale_grad)
+        elif not self._u_form_optimizer:
+            scale_arrays(self.momentum_arrays(), scale)
+            self._update(ignore_stale_grad)
+        else:
+            # The optimizer folds the rescale into its update kernels; the buffers of parameters
+            # that the update skips (stale gradients) are rescaled here.
+            skipped = self._stale_params() if ignore_stale_grad else []
+            self._optimizer.momentum_scale = scale
+            try:
+                self._update(ignore_stale_grad)
+            finally:
+                self._optimizer.momentum_scale = 1.0
+            if skipped:
+                scale_arrays(self.momentum_arrays(skipped), scale)
         self.iteration += 1
         self.progress += global_batch_size
+
+    def _stale_params(self):
+        """Indices of the parameters whose gradient ``backward`` has not refreshed."""
+        return [index for index, param in enumerate(self._params) if param.grad_req != "null"
+                and not all(data._fresh_grad for data in param.list_data())]  # pylint: disable=protected-access
 
     def step(self, batch_size=None, ignore_stale_grad=False, global_batch_size=None):
         """One optimizer step on the mean gradient over the global batch.

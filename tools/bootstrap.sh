@@ -51,6 +51,9 @@ fi
 
 log "installing gluon_elastic in editable mode"
 pip install -q --no-deps -e "$root" >&2
+# Build the compiled update kernels now (cached under ~/.cache/gluon_elastic) rather than in the
+# first training process; without a compiler the trainer falls back to MXNet's kernels.
+"$py" -c "from gluon_elastic import kernels; kernels.load()" >&2
 echo "$want" > "$stamp"
 log "environment ready"
 echo "$py"

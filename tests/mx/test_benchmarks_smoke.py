@@ -188,3 +188,17 @@ def test_gpu_check_dry_run(out_dir):
     assert "**Emulated world change 1 -> 4**" in table
     assert "**Horovod** (`horovodrun -np 1`, cpu(0))" in table
     assert "[gpu_check] wrote gpu_check_dry_run.json" in proc.stdout
+
+
+def test_trainer_update_benchmark_small_run(out_dir):
+    run([PYTHON, "benchmarks/trainer_update.py", "--sets", "small", "--repeats", "2", "--calls",
+         "1", "--out", str(out_dir), "--readme", ""], timeout=300)
+    raw = json.loads((out_dir / "trainer_update.json").read_text())
+    assert [(r["model"], r["optimizer"]) for r in raw["results"]] == [("small", "sgd"),
+                                                                       ("small", "nag")]
+    for result in raw["results"]:
+        # Every variant timed once per repetition, (CPU, wall) seconds each, all positive.
+        assert sorted(result["samples"]) == ["ElasticTrainer|step", "ElasticTrainer|update",
+                                             "gluon.Trainer|step", "gluon.Trainer|update"]
+        for pairs in result["samples"].values():
+            assert len(pairs) == 2 and all(cpu > 0 and wall > 0 for cpu, wall in pairs)

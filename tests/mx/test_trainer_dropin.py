@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from mxnet import autograd, gluon
 
-from gluon_elastic import ElasticTrainer, Schedule, backends
+from gluon_elastic import ElasticTrainer, Schedule, backends, optimizers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIM, LOCAL_BATCH_SIZE, MU, WD = 5, 4, 0.9, 0.01
@@ -343,14 +343,78 @@ def _fp16_nag_run(trainer_class, steps=32, lr=0.2, wd=0.01):
         trainer.step(LOCAL_BATCH_SIZE)
         master = trainer._updaters[0].states[0][1]  # pylint: disable=protected-access
         masters.append(master.asnumpy().astype(np.float64))
+        # The float16 weight is the master rounded to nearest (even), as MXNet casts.
+        np.testing.assert_array_equal(weight.data().asnumpy(),
+                                      master.asnumpy().astype(np.float16))
     expected = u_form(batches, [lr] * steps, "nag", master0, grads=grads, wd=wd)
     return max(np.abs(a - b).max() for a, b in zip(masters, expected))
 
 
-def test_fp16_nag_master_weights_follow_the_reference():
+@pytest.fixture(params=["compiled", "fallback"])
+def nag_path(request, monkeypatch):
+    """Run a test with ElasticNAG's compiled kernel, and again with its multi-kernel fallback."""
+    if request.param == "compiled":
+        assert optimizers.kernels.available(), "the compiled kernels did not build"
+    else:
+        monkeypatch.setattr(optimizers, "_kernel_fits", lambda weight, master: False)
+    return request.param
+
+
+def test_fp16_nag_master_weights_follow_the_reference(nag_path):
     assert _fp16_nag_run(ElasticTrainer) < 1e-5
     # MXNet's stock multi-precision kernel takes the decay from the updated weight.
     assert _fp16_nag_run(gluon.Trainer) > 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_nag_paths_follow_the_u_form(nag_path, name):
+    test_lr_through_zero_follows_the_u_form(name, "nag")
+
+
+def test_nag_after_an_inference_pass_matches_the_fallback(monkeypatch):
+    """MKLDNN re-lays out conv weights in inference; the compiled kernel must still read them."""
+    results = []
+    for fits in (optimizers._kernel_fits, lambda weight, master: False):  # pylint: disable=protected-access
+        monkeypatch.setattr(optimizers, "_kernel_fits", fits)
+        mx.random.seed(0)
+        # A layer whose weight MKLDNN reorders in inference (seen with 32 -> 64 channels; the
+        # kernel fails on such a weight unless it is turned back to the default layout first).
+        net = gluon.nn.Conv2D(64, 3, in_channels=32)
+        net.initialize(mx.init.Xavier())
+        x = mx.nd.array(np.random.RandomState(0).randn(2, 32, 8, 8))
+        trainer = ElasticTrainer(net.collect_params(), "nag",
+                                 {"learning_rate": 0.1, "momentum": MU, "wd": WD},
+                                 local_batch_size=2)
+        for _ in range(3):
+            net(x)  # inference: MKLDNN may reorder the weight in place
+            with autograd.record():
+                loss = (net(x) ** 2).mean()
+            loss.backward()
+            trainer.step()
+        results.append(net.weight.data().asnumpy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_stale_parameters_keep_their_buffers_in_u_form():
+    """With ignore_stale_grad, a skipped parameter's buffer still follows a change of LR."""
+    first, second = gluon.Parameter("a", shape=(2,)), gluon.Parameter("b", shape=(2,))
+    for param in (first, second):
+        param.initialize(mx.init.One())
+    trainer = ElasticTrainer([first, second], "sgd", {"momentum": MU},
+                             schedule=Schedule("step", base_lr=0.1, step_samples=[2],
+                                               step_factor=0.5), local_batch_size=2)
+    with autograd.record():
+        loss = (first.data() * 3).sum() + (second.data() * 5).sum()
+    loss.backward()
+    trainer.step()                                    # LR 0.1: v = -0.1 * g
+    before = [a.asnumpy() for a in trainer.momentum_arrays()]
+    with autograd.record():
+        loss = (first.data() * 3).sum()
+    loss.backward()
+    trainer.step(ignore_stale_grad=True)              # LR 0.05; b is stale and skipped
+    after = [a.asnumpy() for a in trainer.momentum_arrays()]
+    np.testing.assert_allclose(after[1], 0.5 * before[1], rtol=1e-6)   # rescaled, not updated
+    np.testing.assert_allclose(after[0], MU * 0.5 * before[0] - 0.05 * 1.5, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------- refusals
