@@ -155,6 +155,7 @@ def test_gpu_check_dry_run(out_dir):
         result = json.load(fin)
     assert (result["dry_run"], result["context"], result["mxnet"]) == (True, "cpu(0)", "1.9.1")
     assert result["errors"] == {}
+    assert sorted(result["seconds"]) == ["commit", "horovod", "throughput", "world_change"]
     commands = [entry["command"] for entry in result["setup"]["commands"]]
     assert len(commands) == 3 and commands[0].endswith("-m venv " + os.path.join(
         os.path.expanduser("~"), ".cache", "gluon_elastic", "gpu_check_venv"))
