@@ -1,6 +1,7 @@
 """Failure recovery of elastic Horovod under the project's launcher, phase by phase.
 
     python benchmarks/horovod_recovery.py --repeats 3 --readme benchmarks/README.md
+    python benchmarks/horovod_recovery.py --render-only --readme benchmarks/README.md
 
 Every job runs under ``python -m gluon_elastic.horovodrun`` on one-slot "hosts" that are names of
 this machine, with ``HOROVOD_GLOO_TIMEOUT_SECONDS=60``, and trains the main job's model
@@ -354,9 +355,16 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "horovod_recovery.json"))
     parser.add_argument("--readme", default=None, help="README whose generated block to rewrite")
+    parser.add_argument("--render-only", action="store_true",
+                        help="print (and with --readme write) the block from --out's figures")
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
+        return
+    if args.render_only:
+        with open(args.out) as fin:
+            results = json.load(fin)
+        render(results, args.readme)
         return
     from gluon_elastic.horovodrun import local_host_names
     from horovod_resize import loopback_bandwidth
@@ -389,14 +397,20 @@ def main(argv=None):
             print("chaos: %s" % results["chaos"][-1], flush=True)
         with open(args.out, "w") as fout:  # what is measured so far survives a failed job
             json.dump(results, fout, indent=1)
-    block = table(results, "the main job's CNN" if args.model == "mnist" else args.model)
-    print(block)
     with open(args.out, "w") as fout:
         json.dump(results, fout, indent=1)
-    if args.readme:
+    render(results, args.readme)
+
+
+def render(results, readme=None):
+    """Print the figures' block and, given ``readme``, rewrite its generated block."""
+    block = table(results, "the main job's CNN" if results["model"] == "mnist"
+                  else results["model"])
+    print(block)
+    if readme:
         from convergence import update_readme
 
-        update_readme(args.readme, block, README_BEGIN, README_END)
+        update_readme(readme, block, README_BEGIN, README_END)
 
 
 if __name__ == "__main__":
