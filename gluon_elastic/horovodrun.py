@@ -482,8 +482,9 @@ def parse_args(argv=None):
     parser.add_argument("--start-timeout", type=positive_int, default=30,
                         help="seconds for the driver's start-up checks (default: %(default)s)")
     parser.add_argument("--checkpoint-dir", default=None,
-                        help="durable commits of the job (default: a temporary directory "
-                             "removed at the end)")
+                        help="durable commits of the job, shared by the hosts; a job started on "
+                             "a directory that holds some resumes from the newest (default: a "
+                             "temporary directory removed at the end)")
     parser.add_argument("--max-restarts", type=non_negative_int, default=3,
                         help="relaunches after the driver died or no worker survived "
                              "(default: %(default)s)")
