@@ -27,12 +27,13 @@ class EmulatedWorkers:
 
     def __init__(self, params):
         self._params = list(params.values())
+        self.worker_noise = None
         self._aux = [p for p in self._params if p.grad_req == "null"]
         for param in self._params:
             if param.grad_req == "write":
                 param.grad_req = "add"
 
-    def forward_backward(self, loss_fn, shards):
+    def forward_backward(self, loss_fn, shards, batch_sizes=None):
         """Accumulate the gradients of every shard.
 
         Parameters
@@ -42,28 +43,43 @@ class EmulatedWorkers:
             differentiated (its sum is taken, as ``backward`` of a vector loss does).
         shards : sequence
             One per-worker batch per virtual rank, in rank order.
+        batch_sizes : sequence of int, optional
+            Samples of each shard. When given, each virtual worker's own gradient ``G_i`` is
+            measured as it is added, and :attr:`worker_noise` holds ``(sum_i |G_i|^2 / b_i,
+            workers with samples)``, what a real group's AdaScale reduction gives
+            (``ElasticTrainer.step(worker_noise=...)``). Costs one copy of the gradients.
 
         Returns
         -------
         list of NDArray
             Each virtual worker's loss.
         """
+        grads = []
         for param in self._params:
             if param.grad_req != "null":
                 param.zero_grad()
+                grads.extend(param.list_grad())
         saved_aux = None
         losses = []
+        previous = [g.copy() for g in grads] if batch_sizes is not None else None
+        noise_sum, noise_workers = 0.0, 0
         for rank, shard in enumerate(shards):
             with autograd.record():
                 loss = loss_fn(rank, shard)
             loss.backward()
             losses.append(loss)
+            if previous is not None and batch_sizes[rank] > 0:
+                own = sum(float(((g - p) ** 2).sum().asscalar()) for g, p in zip(grads, previous))
+                noise_sum += own / batch_sizes[rank]
+                noise_workers += 1
+                previous = [g.copy() for g in grads]
             if rank == 0 and len(shards) > 1:
                 saved_aux = [[d.copy() for d in p.list_data()] for p in self._aux]
         if saved_aux is not None:
             for param, copies in zip(self._aux, saved_aux):
                 for dest, src in zip(param.list_data(), copies):
                     src.copyto(dest)
+        self.worker_noise = (noise_sum, noise_workers) if previous is not None else None
         return losses
 
     @staticmethod

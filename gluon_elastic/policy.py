@@ -37,9 +37,10 @@ import math
 __all__ = [
     "SCALING_RULES", "BATCH_POLICIES", "TRANSITIONS", "SHRINK_MODES",
     "lr_scale", "split_evenly", "BatchPolicy", "Transition",
+    "adascale_estimates", "adascale_gain", "AdaScale",
 ]
 
-SCALING_RULES = ("none", "linear", "sqrt")
+SCALING_RULES = ("none", "linear", "sqrt", "adascale")
 BATCH_POLICIES = ("fixed_local", "fixed_global")
 TRANSITIONS = ("immediate", "dynamic")
 SHRINK_MODES = ("immediate", "ramp")
@@ -60,9 +61,10 @@ def lr_scale(rule, global_batch_size, base_batch_size):
 
     Parameters
     ----------
-    rule : {'none', 'linear', 'sqrt'}
+    rule : {'none', 'linear', 'sqrt', 'adascale'}
         ``none`` keeps the LR, ``linear`` scales it by ``B / B0`` (Goyal et al. 2017), ``sqrt`` by
-        ``sqrt(B / B0)``.
+        ``sqrt(B / B0)``. ``adascale`` returns the scale ``S = B / B0``, at which
+        :class:`AdaScale` then evaluates its gain.
     global_batch_size : int
         Samples per optimizer step over all workers, ``B``.
     base_batch_size : int
@@ -76,7 +78,7 @@ def lr_scale(rule, global_batch_size, base_batch_size):
     _check_positive_int("global_batch_size", global_batch_size)
     _check_positive_int("base_batch_size", base_batch_size)
     ratio = global_batch_size / base_batch_size
-    if rule == "linear":
+    if rule in ("linear", "adascale"):
         return ratio
     if rule == "sqrt":
         return math.sqrt(ratio)
@@ -253,3 +255,110 @@ class Transition:
     def __repr__(self):
         return ("Transition(kind=%r, ramp_iters=%r, ramp_per_k=%r, shrink=%r, momentum_correction=%r)"
                 % (self.kind, self.ramp_iters, self.ramp_per_k, self.shrink, self.momentum_correction))
+
+
+# ----------------------------------------------------------------------------------- AdaScale
+def adascale_estimates(worker_sqnorm_sum, reduced_sqnorm, global_batch_size, world_size):
+    """Per-sample gradient variance and squared mean gradient norm from one step's gradients.
+
+    Worker ``i`` holds ``G_i``, the sum of the gradients of its ``b_i`` samples; the reduction
+    gives ``G = sum_i G_i`` over ``B = sum_i b_i`` samples. With per-sample gradients of mean
+    ``m`` and variance (trace) ``s2``, ``E[|G_i|^2 / b_i] = b_i |m|^2 + s2`` and
+    ``E[|G|^2 / B] = B |m|^2 + s2``, so
+
+        s2   = (sum_i |G_i|^2 / b_i - |G|^2 / B) / (N - 1)
+        |m|^2 = |G|^2 / B^2 - s2 / B
+
+    are unbiased (workers with ``b_i = 0`` contribute nothing to the first sum, and do not count
+    in ``N``). This is the estimate of Johnson et al. (AdaScale SGD, ICML 2020), written for
+    per-worker batches of any size.
+
+    Parameters
+    ----------
+    worker_sqnorm_sum : float
+        ``sum_i |G_i|^2 / b_i`` over the workers with samples (one scalar reduction).
+    reduced_sqnorm : float
+        ``|G|^2``, the squared norm of the reduced (summed) gradient.
+    global_batch_size : int
+        ``B``.
+    world_size : int
+        ``N``, the workers that had samples.
+
+    Returns
+    -------
+    (float, float) or None
+        ``(s2, |m|^2)``, or None when one worker cannot tell variance from mean.
+    """
+    if world_size < 2:
+        return None
+    variance = (worker_sqnorm_sum - reduced_sqnorm / global_batch_size) / (world_size - 1)
+    mean_sq = reduced_sqnorm / global_batch_size ** 2 - variance / global_batch_size
+    return variance, mean_sq
+
+
+def adascale_gain(variance, mean_sq, scale, base_batch_size):
+    """AdaScale's gain ``r = (sigma^2 + mu^2) / (sigma^2 / S + mu^2)``, between 1 and ``S``.
+
+    ``sigma^2 = variance / base_batch_size`` is the variance of a gradient averaged over the base
+    batch and ``mu^2 = mean_sq``. Negative estimates (noise) count as 0; with no signal at all
+    the gain is 1. At ``S = 1`` it is exactly 1.
+    """
+    sigma_sq = max(variance, 0.0) / base_batch_size
+    mu_sq = max(mean_sq, 0.0)
+    if sigma_sq + mu_sq == 0.0:
+        return 1.0
+    return (sigma_sq + mu_sq) / (sigma_sq / scale + mu_sq)
+
+
+class AdaScale:
+    """AdaScale's smoothed gain and its progress in scale-invariant samples.
+
+    The estimates of :func:`adascale_estimates` are smoothed by exponential moving averages with
+    ``theta = max(1 - S / 1000, 0)`` (the smoothing of the AdaScale paper: larger scales see more
+    samples per step, so they average over fewer steps). The first estimate is taken as it is.
+
+    Progress: AdaScale advances its base schedule by ``r`` base iterations per step. Here the base
+    schedule is a function of samples, so a step advances the *schedule progress* by
+    ``r * base_batch_size`` samples (at ``S = 1`` that is the global batch, as for the other
+    rules). The LR at a given schedule progress is the same whatever worlds led there; training
+    to a schedule defined in samples takes more samples at ``S > 1``, as AdaScale intends.
+
+    Parameters
+    ----------
+    base_batch_size : int
+        ``B0``, the batch size at which ``S = 1``.
+    """
+
+    def __init__(self, base_batch_size):
+        _check_positive_int("base_batch_size", base_batch_size)
+        self.base_batch_size = base_batch_size
+        self.variance = None   # smoothed per-sample gradient variance
+        self.mean_sq = None    # smoothed squared norm of the mean gradient
+
+    def observe(self, worker_sqnorm_sum, reduced_sqnorm, global_batch_size, world_size, scale):
+        """Fold in one step's estimates; a one-worker step leaves the averages as they are."""
+        estimates = adascale_estimates(worker_sqnorm_sum, reduced_sqnorm, global_batch_size,
+                                       world_size)
+        if estimates is None:
+            return
+        if self.variance is None:
+            self.variance, self.mean_sq = estimates
+            return
+        theta = max(1.0 - scale / 1000.0, 0.0)
+        self.variance = theta * self.variance + (1.0 - theta) * estimates[0]
+        self.mean_sq = theta * self.mean_sq + (1.0 - theta) * estimates[1]
+
+    def gain(self, scale):
+        """The gain at ``scale``: exactly 1 at ``S = 1`` and before any estimate."""
+        if scale == 1.0 or self.variance is None:
+            return 1.0
+        return adascale_gain(self.variance, self.mean_sq, scale, self.base_batch_size)
+
+    def state_dict(self):
+        """The smoothed estimates, as plain values."""
+        return {"variance": self.variance, "mean_sq": self.mean_sq}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict`."""
+        self.variance, self.mean_sq = state["variance"], state["mean_sq"]
+

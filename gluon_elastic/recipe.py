@@ -395,9 +395,13 @@ class ElasticLoop:
             shard_sizes, global_batch_size = plan[number]
             columns = [self.workers.split(array, shard_sizes) for array in batch]
             shards = [tuple(column[rank] for column in columns) for rank in range(len(shard_sizes))]
+            # AdaScale over emulated workers needs each virtual worker's own gradient norm.
+            measure = self.emulated and self.trainer.scaling == "adascale"
             losses = self.workers.forward_backward(
-                lambda _rank, shard: self.loss_fn(self.net, shard), shards)
-            self.trainer.step(global_batch_size=global_batch_size)
+                lambda _rank, shard: self.loss_fn(self.net, shard), shards,
+                batch_sizes=shard_sizes if measure else None)
+            self.trainer.step(global_batch_size=global_batch_size,
+                              worker_noise=self.workers.worker_noise if measure else None)
             self.sampler.record(global_batch_size)
             samples += global_batch_size
             batch_samples += global_batch_size

@@ -34,12 +34,13 @@ import logging
 import pickle
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
 from . import backends as _backends
 from .optimizers import (V_FORM_OPTIMIZERS, ElasticNAG, ElasticSGD, elastic_optimizer,
                          portable_copy, scale_arrays)
-from .policy import BatchPolicy, Transition, lr_scale, SCALING_RULES
+from .policy import AdaScale, BatchPolicy, Transition, lr_scale, SCALING_RULES
 from .schedule import Schedule
 
 __all__ = ["ElasticTrainer", "STATE_FORMAT", "STATE_VERSION"]
@@ -137,6 +138,10 @@ class ElasticTrainer(gluon.Trainer):
 
         self.iteration = 0          # optimizer steps taken
         self.progress = 0           # samples trained (sum of global batches)
+        # Where the base schedule stands, in samples: the samples trained, except under AdaScale,
+        # whose steps advance it by gain * base_batch_size (scale-invariant progress).
+        self.schedule_progress = 0
+        self._adascale = AdaScale(self._base_batch_size) if scaling == "adascale" else None
         self._world_size = None     # world the multiplier was last computed for
         # LR scale of the v-form momentum buffers (v = -buffer_lr * u): the LR of the last step
         # above 0. None until a step has run.
@@ -203,14 +208,31 @@ class ElasticTrainer(gluon.Trainer):
 
     @property
     def multiplier(self):
-        """LR multiplier of the next step (scaling rule through the transition)."""
+        """LR multiplier of the next step (scaling rule through the transition).
+
+        Under AdaScale the transition carries the scale ``S`` (ramped after a change with
+        ``transition='dynamic'``) and the multiplier is the gain at that scale.
+        """
         self._sync_world()
-        return self._transition.multiplier(self.iteration)
+        multiplier = self._transition.multiplier(self.iteration)
+        if self._adascale is not None:
+            return self._adascale.gain(multiplier)
+        return multiplier
+
+    @property
+    def scaling(self):
+        """The scaling rule: ``'none'``, ``'linear'``, ``'sqrt'`` or ``'adascale'``."""
+        return self._scaling
+
+    @property
+    def adascale(self):
+        """The :class:`gluon_elastic.policy.AdaScale` estimator (None for other rules)."""
+        return self._adascale
 
     @property
     def learning_rate(self):
-        """LR the next step applies: ``schedule(progress) * multiplier``."""
-        return self._schedule(self.progress) * self.multiplier
+        """LR the next step applies: ``schedule(schedule_progress) * multiplier``."""
+        return self._schedule(self.schedule_progress) * self.multiplier
 
     def set_learning_rate(self, lr):
         """Set the LR applied from the next step on.
@@ -218,7 +240,8 @@ class ElasticTrainer(gluon.Trainer):
         The base schedule becomes constant at ``lr / multiplier``, so later world changes still
         scale it. Only possible while the schedule is constant.
         """
-        if self._schedule.mode != "constant" or self._schedule.warmup_samples > self.progress:
+        if self._schedule.mode != "constant" or \
+                self._schedule.warmup_samples > self.schedule_progress:
             raise ValueError("set_learning_rate: a %r schedule is attached; change the schedule "
                              "instead" % self._schedule.mode)
         if not isinstance(lr, (int, float)) or lr < 0:
@@ -236,7 +259,10 @@ class ElasticTrainer(gluon.Trainer):
             self._transition.reset(target, self.iteration)
         else:
             info = self._transition.change(self.iteration, target)
-            base = self._schedule(self.progress)
+            base = self._schedule(self.schedule_progress)
+            if self._adascale is not None:  # the transition moves the scale; the LR follows the gain
+                info = dict(info, from_multiplier=self._adascale.gain(info["from_multiplier"]),
+                            target_multiplier=self._adascale.gain(info["target_multiplier"]))
             logger.info("world change at iteration %d: world %d -> %d, global batch %d -> %d, "
                         "k=%.4g, lr %.6g -> target %.6g, %s", self.iteration, self._world_size,
                         world_size, self._policy.global_batch_size(self._world_size),
@@ -424,6 +450,10 @@ class ElasticTrainer(gluon.Trainer):
                 self._optimizer.momentum_scale = 1.0
             if skipped:
                 scale_arrays(self.momentum_arrays(skipped), scale)
+        if self._adascale is not None:
+            self.schedule_progress += self.multiplier * self._base_batch_size
+        else:
+            self.schedule_progress += global_batch_size
         self.iteration += 1
         self.progress += global_batch_size
 
@@ -432,7 +462,8 @@ class ElasticTrainer(gluon.Trainer):
         return [index for index, param in enumerate(self._params) if param.grad_req != "null"
                 and not all(data._fresh_grad for data in param.list_data())]  # pylint: disable=protected-access
 
-    def step(self, batch_size=None, ignore_stale_grad=False, global_batch_size=None):
+    def step(self, batch_size=None, ignore_stale_grad=False, global_batch_size=None,
+             worker_noise=None):
         """One optimizer step on the mean gradient over the global batch.
 
         Parameters
@@ -447,11 +478,53 @@ class ElasticTrainer(gluon.Trainer):
         global_batch_size : int, optional
             Samples this step covers over all workers, when it differs from the policy's (the
             tail of an epoch). Every worker must pass the same value.
+        worker_noise : (float, int), optional
+            AdaScale with emulated workers only: ``(sum over the virtual workers of |G_i|^2 /
+            b_i, number of virtual workers with samples)``, as
+            :meth:`gluon_elastic.emulate.EmulatedWorkers.forward_backward` measures it. Real
+            workers measure their own gradients.
         """
         global_batch_size = self._begin_step(batch_size, global_batch_size)
+        local_noise = self._local_noise(batch_size, worker_noise)
         self._allreduce_grads()
+        self._observe_noise(local_noise, global_batch_size)
         self._finish_step(self._scale * self._reduced_over() / global_batch_size,
                           ignore_stale_grad, global_batch_size)
+
+    def _local_noise(self, batch_size, worker_noise):
+        """AdaScale: this worker's ``|G_i|^2 / b_i`` and whether it had samples (before reduction).
+
+        Returns a numpy vector ``[value, 1 or 0]`` to be summed over the workers, or None when
+        AdaScale is off. ``worker_noise`` (emulated workers) is already the sum.
+        """
+        if self._adascale is None:
+            return None
+        if worker_noise is not None:
+            if self.world_size > 1 and not isinstance(self._backend, _backends.LocalBackend):
+                raise ValueError("worker_noise is for emulated workers; real workers of a %s "
+                                 "group measure their own gradients" % self._backend.name)
+            return np.array([float(worker_noise[0]), float(worker_noise[1])])
+        if isinstance(self._backend, _backends.LocalBackend) and self.world_size > 1:
+            raise ValueError("AdaScale with %d emulated workers needs worker_noise=(sum of "
+                             "|G_i|^2 / b_i, workers) from EmulatedWorkers.forward_backward("
+                             "..., batch_sizes=...)" % self.world_size)
+        local_batch_size = self.local_batch_size if batch_size is None else batch_size
+        if local_batch_size == 0:
+            return np.zeros(2)
+        return np.array([_squared_norm(self._params) / local_batch_size, 1.0])
+
+    def _observe_noise(self, local_noise, global_batch_size):
+        """AdaScale: one scalar reduction, then this step's estimates into the smoothed gain."""
+        if local_noise is None:
+            return
+        if self.world_size > 1 and not isinstance(self._backend, _backends.LocalBackend):
+            local_noise = self._backend.sum_over_workers(local_noise)
+        worker_sqnorm_sum, workers = float(local_noise[0]), int(round(local_noise[1]))
+        # After the reduction the gradients hold the sum over workers, or their mean.
+        reduced_sqnorm = _squared_norm(self._params, per_device=False) * self._reduced_over() ** 2
+        self._sync_world()
+        self._adascale.observe(worker_sqnorm_sum, reduced_sqnorm, global_batch_size, workers,
+                               scale=self._transition.multiplier(self.iteration))
 
     def allreduce_grads(self, batch_size=None, global_batch_size=None):
         """Reduce gradients over devices and workers, leaving their mean over the global batch.
@@ -462,7 +535,9 @@ class ElasticTrainer(gluon.Trainer):
         :meth:`update`. Arguments as for :meth:`step`.
         """
         global_batch_size = self._begin_step(batch_size, global_batch_size)
+        local_noise = self._local_noise(batch_size, None)
         self._allreduce_grads()
+        self._observe_noise(local_noise, global_batch_size)
         factor = self._reduced_over() / global_batch_size
         if factor != 1:
             scale_arrays([grad for param in self._params if param.grad_req != "null"
@@ -511,14 +586,21 @@ class ElasticTrainer(gluon.Trainer):
     def elastic_state_dict(self):
         """Elastic state as plain values: progress, iteration, world, transition, buffer LR."""
         return {"iteration": self.iteration, "progress": self.progress,
+                "schedule_progress": self.schedule_progress,
                 "world_size": self._world_size, "base_batch_size": self._base_batch_size,
-                "buffer_lr": self._buffer_lr, "transition": self._transition.state_dict()}
+                "buffer_lr": self._buffer_lr, "transition": self._transition.state_dict(),
+                "adascale": self._adascale.state_dict() if self._adascale else None}
 
     def load_elastic_state_dict(self, state):
         """Restore :meth:`elastic_state_dict`; a different current world starts a transition."""
         self.iteration = int(state["iteration"])
         self.progress = int(state["progress"])
+        self.schedule_progress = state.get("schedule_progress", self.progress)
         self._base_batch_size = int(state["base_batch_size"])
+        if self._adascale is not None:
+            self._adascale.base_batch_size = self._base_batch_size
+            if state.get("adascale"):
+                self._adascale.load_state_dict(state["adascale"])
         # Version 1 called it the LR of the last step (identical unless that step ran at LR 0).
         self._buffer_lr = state["buffer_lr"] if "buffer_lr" in state else state["last_lr"]
         self._transition.load_state_dict(state["transition"])
@@ -579,7 +661,7 @@ class ElasticTrainer(gluon.Trainer):
             return
         # A Gluon file: optimizer state only. Its v-form buffers were built at its LR.
         self.iteration = int(iteration or 0)
-        self.progress = int(progress or 0)
+        self.progress = self.schedule_progress = int(progress or 0)
         file_lr = file_optimizer.learning_rate if file_optimizer is not None else None
         self._buffer_lr = file_lr if file_lr else None
         self._world_size = None
@@ -654,3 +736,28 @@ def _check_state(index, state, current, params, source):
                          "model or optimizer?)" % (source, params[index].name,
                                                    _state_shapes(state),
                                                    _state_shapes(current[index])))
+
+
+def _squared_norm(params, per_device=True):
+    """Squared L2 norm of the gradients of ``params`` (a Python float; waits for them).
+
+    ``per_device``: the gradient of this worker is the sum over its devices (before the
+    reduction); otherwise every device holds the same reduced gradient and the first is read.
+    """
+    grads = []
+    for param in params:
+        if param.grad_req == "null":
+            continue
+        copies = param.list_grad()
+        if per_device and len(copies) > 1:
+            grads.append(mx.nd.add_n(*[g.as_in_context(copies[0].context) for g in copies]))
+        else:
+            grads.append(copies[0])
+    total = 0.0
+    for begin in range(0, len(grads), 60):   # multi_sum_sq takes up to 60 arrays
+        chunk = grads[begin:begin + 60]
+        sums = mx.nd.multi_sum_sq(*[g.astype("float32", copy=False) for g in chunk],
+                                  num_arrays=len(chunk))
+        total += float(sums.asnumpy().astype(np.float64).sum())
+    return total
+

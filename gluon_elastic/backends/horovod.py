@@ -165,6 +165,14 @@ class HorovodBackend(Backend):
     def allgather_object(self, obj, name="gather"):
         return self._hvd.allgather_object(obj, name=name)
 
+    def sum_over_workers(self, values):
+        import mxnet as mx
+        import numpy as np
+
+        array = mx.nd.array(np.asarray(values, dtype=np.float64), dtype=np.float64)
+        self._hvd.allreduce_(array, average=False, name="sum_over_workers.%d" % array.size)
+        return array.asnumpy()
+
     def barrier(self):
         import mxnet as mx
 

@@ -13,6 +13,9 @@ from .base import Backend
 __all__ = ["KVStoreBackend", "DIST_KVSTORES"]
 
 DIST_KVSTORES = ("dist_sync", "dist_device_sync")
+# Keys of sum_over_workers (plus the vector length): below broadcast_arrays' keys, far above
+# the trainer's parameter indices.
+_SUM_KEY_BASE = 1 << 29
 
 
 class KVStoreBackend(Backend):
@@ -42,6 +45,7 @@ class KVStoreBackend(Backend):
         self.name = kvstore.type
         # Keys for broadcast_arrays live far above the trainer's parameter indices.
         self._next_key = 1 << 30
+        self._sum_keys = set()
 
     @property
     def rank(self):
@@ -53,6 +57,20 @@ class KVStoreBackend(Backend):
 
     def barrier(self):
         self.kvstore._barrier()  # pylint: disable=protected-access
+
+    def sum_over_workers(self, values):
+        import mxnet as mx
+
+        # One key per vector length, created on first use and reused: the servers keep one
+        # small array per length, however many steps run.
+        values = np.asarray(values, dtype=np.float64)
+        key = _SUM_KEY_BASE + values.size
+        array = mx.nd.array(values, dtype=np.float64)
+        if key not in self._sum_keys:
+            self.kvstore.init(key, mx.nd.zeros_like(array))
+            self._sum_keys.add(key)
+        self.kvstore.pushpull(key, array, out=array)
+        return array.asnumpy()
 
     def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
         if root_rank != 0:

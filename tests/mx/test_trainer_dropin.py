@@ -449,3 +449,31 @@ def test_readme_example_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     accuracy = float(re.search(r"test accuracy (\S+)", done.stdout).group(1))
     assert accuracy > 0.85
+
+
+# --------------------------------------------------------------------------------- AdaScale
+def test_adascale_at_scale_one_is_plain_sgd():
+    """One worker at the base batch: the gain is exactly 1, the weights are gluon.Trainer's."""
+    w0 = np.random.RandomState(8).randn(DIM)
+    params = {"learning_rate": 0.05, "momentum": MU, "wd": WD}
+    results = []
+    for make in (lambda net: gluon.Trainer(net.collect_params(), "sgd", dict(params)),
+                 lambda net: ElasticTrainer(net.collect_params(), "sgd", dict(params),
+                                            local_batch_size=LOCAL_BATCH_SIZE,
+                                            scaling="adascale")):
+        net = linear_net(w0)
+        trainer = make(net)
+        _train(trainer, net, 8)
+        results.append(net.weight.data().asnumpy())
+    np.testing.assert_array_equal(results[1], results[0])
+    assert trainer.multiplier == 1.0 and trainer.schedule_progress == trainer.progress == 32
+
+
+def test_adascale_refuses_emulated_workers_without_their_noise():
+    backend = backends.create("device", world_size=3)
+    net = linear_net(np.ones(DIM))
+    trainer = ElasticTrainer(net.collect_params(), "sgd", {"momentum": MU}, kvstore=backend,
+                             local_batch_size=LOCAL_BATCH_SIZE, scaling="adascale")
+    backward(net, np.ones((12, DIM)), np.ones(12))
+    with pytest.raises(ValueError, match="worker_noise"):
+        trainer.step()

@@ -171,3 +171,58 @@ def test_transition_rejects_bad_input(kwargs, name):
 
 def test_sqrt_rule_value():
     assert lr_scale("sqrt", 512, 128) == math.sqrt(4)
+
+
+# ----------------------------------------------------------------------------------- AdaScale
+def test_adascale_estimates_are_unbiased_on_known_gradients():
+    """Expectation over many draws equals the true per-sample variance and squared mean."""
+    import numpy as np
+    from gluon_elastic.policy import adascale_estimates
+
+    rng = np.random.RandomState(0)
+    mean, noise, sizes = np.array([1.0, -2.0, 0.5]), 1.5, [4, 4, 3]   # unequal per-worker batches
+    estimates = []
+    for _ in range(4000):
+        sums = [(mean + noise * rng.randn(size, 3)).sum(axis=0) for size in sizes]
+        total = np.sum(sums, axis=0)
+        estimates.append(adascale_estimates(
+            sum((g ** 2).sum() / b for g, b in zip(sums, sizes)), (total ** 2).sum(),
+            sum(sizes), len(sizes)))
+    variance, mean_sq = np.mean(estimates, axis=0)
+    assert variance == pytest.approx(3 * noise ** 2, rel=0.03)      # trace over 3 dimensions
+    assert mean_sq == pytest.approx((mean ** 2).sum(), rel=0.03)
+
+
+def test_adascale_estimates_need_two_workers():
+    from gluon_elastic.policy import adascale_estimates
+    assert adascale_estimates(5.0, 5.0, 4, 1) is None
+
+
+@pytest.mark.parametrize("variance, mean_sq, scale, expected", [
+    (8.0, 1.0, 1.0, 1.0),            # scale 1: exactly 1
+    (8.0, 0.0, 4.0, 4.0),            # pure noise: linear scaling
+    (0.0, 1.0, 4.0, 1.0),            # no noise: no gain
+    (-1.0, 1.0, 4.0, 1.0),           # negative variance estimates count as 0
+    (8.0, 1.0, 4.0, (2.0 + 1.0) / (2.0 / 4.0 + 1.0)),   # sigma^2 = 8 / base batch 4 = 2
+    (0.0, 0.0, 4.0, 1.0),            # no signal at all
+])
+def test_adascale_gain_closed_form(variance, mean_sq, scale, expected):
+    from gluon_elastic.policy import adascale_gain
+    assert adascale_gain(variance, mean_sq, scale, base_batch_size=4) == expected
+
+
+def test_adascale_smoothing_and_scale_one():
+    from gluon_elastic.policy import AdaScale
+    adascale = AdaScale(base_batch_size=2)
+    assert adascale.gain(3.0) == 1.0                     # no estimate yet
+    adascale.observe(10.0, 16.0, 4, 2, scale=2.0)         # first estimate taken as it is
+    assert (adascale.variance, adascale.mean_sq) == (10.0 - 4.0, 1.0 - 6.0 / 4)
+    adascale.observe(14.0, 16.0, 4, 2, scale=2.0)         # then theta = 1 - 2/1000
+    theta = 1 - 2 / 1000
+    assert adascale.variance == pytest.approx(theta * 6.0 + (1 - theta) * 10.0)
+    assert adascale.gain(1.0) == 1.0
+    adascale.observe(1.0, 1.0, 1, 1, scale=1.0)           # one worker: nothing learned
+    assert adascale.variance == pytest.approx(theta * 6.0 + (1 - theta) * 10.0)
+    restored = AdaScale(base_batch_size=2)
+    restored.load_state_dict(adascale.state_dict())
+    assert restored.gain(2.0) == adascale.gain(2.0)

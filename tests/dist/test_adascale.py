@@ -1,0 +1,105 @@
+"""AdaScale against numpy with known per-worker gradients: emulated, KVStore and Horovod workers.
+
+The worker (``tests/workers/adascale.py``) gives sample ``j`` of rank ``r`` the gradient
+``D[t, r, j]``. The reference below recomputes, in float64, the estimates of Johnson et al. from
+the per-worker sums ``G_r``, their moving averages, the gain and the u-form SGD trajectory.
+"""
+import io
+import os
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+
+from gluon_elastic.launch import Group
+
+pytestmark = pytest.mark.dist
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKER = os.path.join(ROOT, "tests", "workers", "adascale.py")
+TOKEN_VAR = "GLUON_ELASTIC_ADASCALE_TEST_TOKEN"
+STEPS = 6
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
+
+# pylint: disable-next=wrong-import-position
+from processes import json_lines, kill_processes_with_token, run_horovodrun  # noqa: E402
+from adascale import DIM, LOCAL_BATCH_SIZE, LR, MOMENTUM, gradients  # noqa: E402
+
+
+def reference(world_size):
+    """(gains, weights) per step, from the per-worker gradient sums."""
+    scale = float(world_size)
+    batch = world_size * LOCAL_BATCH_SIZE
+    theta = max(1.0 - scale / 1000.0, 0.0)
+    weight, u = np.ones(DIM), np.zeros(DIM)
+    variance = mean_sq = None
+    gains, weights = [], []
+    for step in range(STEPS):
+        sums = gradients(step, world_size).sum(axis=1)             # G_r
+        total = sums.sum(axis=0)                                     # G
+        new_variance = ((sums ** 2).sum() / LOCAL_BATCH_SIZE - (total ** 2).sum() / batch) / (
+            world_size - 1)
+        new_mean_sq = (total ** 2).sum() / batch ** 2 - new_variance / batch
+        if variance is None:
+            variance, mean_sq = new_variance, new_mean_sq
+        else:
+            variance = theta * variance + (1 - theta) * new_variance
+            mean_sq = theta * mean_sq + (1 - theta) * new_mean_sq
+        sigma_sq = max(variance, 0.0) / LOCAL_BATCH_SIZE
+        gain = (sigma_sq + max(mean_sq, 0.0)) / (sigma_sq / scale + max(mean_sq, 0.0))
+        u = MOMENTUM * u + total / batch
+        weight = weight - LR * gain * u
+        gains.append(gain)
+        weights.append(weight)
+    return gains, weights
+
+
+def check(rows, world_size, processes):
+    gains, weights = reference(world_size)
+    assert len(rows) == processes * STEPS
+    assert {row["rank"] for row in rows} == set(range(processes))
+    assert 1.0 < min(gains) and max(gains) < world_size   # the gain is informative here
+    for row in rows:
+        assert row["world_size"] == world_size
+        assert row["gain"] == pytest.approx(gains[row["step"]], rel=1e-6)
+        np.testing.assert_allclose(row["weight"], weights[row["step"]], rtol=1e-6, atol=1e-6)
+        # Scale-invariant progress: gain * base batch per step.
+        assert row["schedule_progress"] == pytest.approx(
+            LOCAL_BATCH_SIZE * sum(gains[:row["step"] + 1]), rel=1e-6)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_emulated_workers_match_the_closed_form(world_size):
+    done = subprocess.run([sys.executable, WORKER, "emulate:%d" % world_size, str(STEPS)],
+                          capture_output=True, text=True, timeout=100, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    check(json_lines(done.stdout, key="rank"), world_size, processes=1)
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_kvstore_workers_match_the_closed_form(world_size):
+    output, token = io.StringIO(), uuid.uuid4().hex
+    group = Group([sys.executable, WORKER, "dist_sync", str(STEPS)], world_size, 1,
+                  output=output, env={TOKEN_VAR: token})
+    try:
+        code = group.start().wait(timeout=150)
+    finally:
+        leftovers = kill_processes_with_token(TOKEN_VAR, token)
+    assert leftovers == []
+    assert code == 0, output.getvalue()[-3000:]
+    check(json_lines(output.getvalue(), key="rank"), world_size, processes=world_size)
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_horovod_workers_match_the_closed_form(tmp_path, world_size):
+    pytest.importorskip("horovod.mxnet")
+    argv = [sys.executable, WORKER, "horovod", str(STEPS), str(tmp_path)]
+    code, text = run_horovodrun(world_size, argv, 150, str(tmp_path))
+    assert code == 0, text[-3000:]
+    check(json_lines(text, key="rank"), world_size, processes=world_size)
