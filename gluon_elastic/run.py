@@ -8,8 +8,9 @@
             sampler.set_epoch(state.epoch)
             for indices, global_batch_size in sampler.iter_batches(
                     trainer.batch_policy.local_batch_sizes(trainer.world_size), trainer.rank):
-                ...  # forward/backward on dataset[indices]
-                trainer.step(global_batch_size=global_batch_size)
+                if len(indices):   # a rank may have no samples at the tail of an epoch
+                    ...  # forward/backward on dataset[indices]
+                trainer.step(len(indices), global_batch_size=global_batch_size)
                 sampler.record(global_batch_size)
                 if trainer.iteration % commit_interval == 0:
                     state.commit()
