@@ -13,9 +13,8 @@ from .base import Backend
 __all__ = ["KVStoreBackend", "DIST_KVSTORES"]
 
 DIST_KVSTORES = ("dist_sync", "dist_device_sync")
-# Keys of sum_over_workers (plus the vector length): below broadcast_arrays' keys, far above
-# the trainer's parameter indices.
-_SUM_KEY_BASE = 1 << 29
+# Keys of the backend's own collectives start here, far above the trainer's parameter indices.
+_KEY_BASE = 1 << 29
 
 
 class KVStoreBackend(Backend):
@@ -43,9 +42,9 @@ class KVStoreBackend(Backend):
                              "cannot follow a changing world" % kvstore.type)
         self.kvstore = kvstore
         self.name = kvstore.type
-        # Keys for broadcast_arrays live far above the trainer's parameter indices.
-        self._next_key = 1 << 30
-        self._sum_keys = set()
+        # (what a key carries, shape, dtype) -> key. Each key is created once and reused, so the
+        # servers hold one array per entry however many collectives run.
+        self._keys = {}
 
     @property
     def rank(self):
@@ -58,51 +57,56 @@ class KVStoreBackend(Backend):
     def barrier(self):
         self.kvstore._barrier()  # pylint: disable=protected-access
 
+    def _sum_inplace(self, slot, array, contribution=None):
+        """``array <- sum over workers of contribution`` (default ``array``), through a reused key.
+
+        Every rank calls with the same ``slot`` and the same shape and dtype.
+        """
+        import mxnet as mx
+
+        entry = (slot, tuple(array.shape), str(array.dtype))
+        key = self._keys.get(entry)
+        if key is None:
+            key = self._keys[entry] = _KEY_BASE + len(self._keys)
+            self.kvstore.init(key, mx.nd.zeros(array.shape, dtype=array.dtype))
+        self.kvstore.pushpull(key, array if contribution is None else contribution, out=array)
+
     def sum_over_workers(self, values):
         import mxnet as mx
 
-        # One key per vector length, created on first use and reused: the servers keep one
-        # small array per length, however many steps run.
-        values = np.asarray(values, dtype=np.float64)
-        key = _SUM_KEY_BASE + values.size
-        array = mx.nd.array(values, dtype=np.float64)
-        if key not in self._sum_keys:
-            self.kvstore.init(key, mx.nd.zeros_like(array))
-            self._sum_keys.add(key)
-        self.kvstore.pushpull(key, array, out=array)
+        array = mx.nd.array(np.asarray(values, dtype=np.float64), dtype=np.float64)
+        self._sum_inplace("sum", array)
         return array.asnumpy()
 
     def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
-        if root_rank != 0:
-            raise ValueError("the KVStore broadcasts from rank 0 only, got root_rank=%r" % root_rank)
-        for array in arrays:
-            key = self._next_key
-            self._next_key += 1
-            self.kvstore.broadcast(key, array, array)
+        import mxnet as mx
+
+        # A sum in which every rank but the root contributes zeros: x + 0 is exact.
+        for index, array in enumerate(arrays):
+            contribution = array if self.rank == root_rank else mx.nd.zeros_like(array)
+            self._sum_inplace((name, index), array, contribution)
 
     def broadcast_object(self, obj, root_rank=0, name="object"):
         return self.allgather_object(obj if self.rank == root_rank else None)[root_rank]
 
     def allgather_object(self, obj, name="gather"):
-        # Each rank writes its pickled object into its own slot of a zero buffer; the sum over
-        # workers is then the concatenation. Lengths are gathered first the same way.
-        payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
-        lengths = self._sum_slots(np.array([payload.size], dtype=np.float64), 1)
-        width = int(lengths.max())
-        padded = np.zeros(width, dtype=np.float64)
-        padded[:payload.size] = payload
-        gathered = self._sum_slots(padded, width)
-        return [pickle.loads(gathered[r, :int(lengths[r, 0])].astype(np.uint8).tobytes())
-                for r in range(self.world_size)]
-
-    def _sum_slots(self, values, width):
         import mxnet as mx
 
-        buf = np.zeros((self.world_size, width), dtype=np.float64)
-        buf[self.rank] = values
-        array = mx.nd.array(buf, dtype=np.float64)
-        key = self._next_key
-        self._next_key += 1
-        self.kvstore.init(key, mx.nd.zeros_like(array))
-        self.kvstore.pushpull(key, array, out=array)
-        return array.asnumpy()
+        # Each rank writes its pickled object into its own row of a zero buffer; the sum over
+        # workers is then every rank's bytes. Lengths are gathered first the same way. Rows are
+        # padded to a power of two (at least 256 bytes), so a few keys serve every call; float32
+        # holds a byte exactly.
+        payload = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+        lengths = np.zeros((self.world_size, 1), dtype=np.float64)
+        lengths[self.rank, 0] = payload.size
+        lengths = mx.nd.array(lengths, dtype=np.float64)
+        self._sum_inplace("gather.lengths", lengths)
+        lengths = lengths.asnumpy()[:, 0].astype(np.int64)
+        width = 1 << max(8, int(lengths.max() - 1).bit_length())
+        rows = np.zeros((self.world_size, width), dtype=np.float32)
+        rows[self.rank, :payload.size] = payload
+        rows = mx.nd.array(rows, dtype=np.float32)
+        self._sum_inplace("gather.bytes", rows)
+        rows = rows.asnumpy()
+        return [pickle.loads(rows[r, :lengths[r]].astype(np.uint8).tobytes())
+                for r in range(self.world_size)]
