@@ -20,9 +20,18 @@ shuts down (``shutdown(SHUT_RDWR)``) the TCP connections that Horovod's Gloo con
 :meth:`HorovodBackend.init`, so every peer of a survivor that saw the failure sees one too: the
 error spreads through the mesh in a fraction of a second, with no short Gloo timeout that would
 also remove workers that are only slow.
+
+A worker that crashes must die at once: MXNet 1.9.1's SIGSEGV handler prints a stack trace and
+calls ``exit()``, and a worker that crashed inside Horovod's failure handling (seen with
+ResNet-50 on a loaded machine) hangs there with its connections open, so its peers wait for the
+Gloo timeout. Under an elastic driver the backend puts back the default SIGSEGV action, after
+Python's ``faulthandler`` has printed the threads' stacks: the kernel then closes the dead
+worker's connections and the survivors reset at once.
 """
+import faulthandler
 import os
 import pickle
+import signal
 import socket
 
 from .base import Backend
@@ -41,6 +50,17 @@ def socket_inodes():
         if target.startswith("socket:["):
             found[int(entry)] = target
     return found
+
+
+def _die_on_segfault():
+    """Replace MXNet's SIGSEGV handler (it can hang) by a stack dump and the default action."""
+    try:
+        signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+    except ValueError:  # not the main thread: leave the handlers as they are
+        return
+    if not faulthandler.is_enabled():
+        # Dumps every thread's Python stack, then restores SIG_DFL and re-raises: the process dies.
+        faulthandler.enable(all_threads=True)
 
 
 class HorovodBackend(Backend):
@@ -64,6 +84,8 @@ class HorovodBackend(Backend):
         self._hvd = hvd
         self.elastic_driver = os.environ.get("HOROVOD_ELASTIC") == "1"
         self.gloo_sockets = {}
+        if self.elastic_driver:
+            _die_on_segfault()
         if not hvd.is_initialized():
             self.init()
 
