@@ -15,6 +15,26 @@ Dynamic SGD ramp (Lin et al. 2019, Eq. 6) after every change of the world size:
 where ``k`` is the ratio of the new multiplier to the multiplier in use when the change arrived, so
 that a change arriving mid-ramp starts from wherever the ramp had got to.
 
+Automatic ramp length from the momentum
+---------------------------------------
+``Transition(ramp_iters='auto', momentum=mu)`` derives ``T`` from the momentum ``mu`` and the change
+factor ``k`` instead of a constant. In the u-form update (``u <- mu u + g``, ``w <- w - lr u``) the
+buffer ``u0`` built before the change still enters the step ``t`` iterations after it with weight
+``mu^t``, multiplied by the ramped LR ``gamma_t lr``. The rule asks that this stale, small-batch
+part never moves the weights further than it did at the last step before the change:
+
+    gamma_t mu^t <= 1   for every t >= 1,   gamma_t = 1 + (t / T) (k - 1).
+
+``mu^-t - gamma_t`` is convex in ``t`` and 0 at ``t = 0``, so it is non-negative for every
+``t >= 1`` exactly when it is at ``t = 1``: ``1 + (k - 1) / T <= 1 / mu``, that is
+
+    T = ceil((k - 1) * mu / (1 - mu)),
+
+the change in LR spread over the buffer's mean age ``mu / (1 - mu)`` (9 iterations at
+``mu = 0.9``: ``T`` = 9, 27, 63, 135 for ``k`` = 2, 4, 8, 16, close to the paper's ``T = 8k``). A
+shrink that ramps (``shrink='ramp'``) uses ``max(k, 1/k)`` in place of ``k``; without momentum
+(``mu = 0``) nothing stale remains and ``T = 0``.
+
 Changes in the middle of a ramp
 -------------------------------
 A change is judged against the multiplier *in use* (that of the last step taken), not against the
@@ -36,7 +56,7 @@ import math
 
 __all__ = [
     "SCALING_RULES", "BATCH_POLICIES", "TRANSITIONS", "SHRINK_MODES",
-    "lr_scale", "split_evenly", "BatchPolicy", "Transition",
+    "lr_scale", "split_evenly", "BatchPolicy", "Transition", "auto_ramp_length",
     "adascale_estimates", "adascale_gain", "AdaScale",
 ]
 
@@ -139,6 +159,34 @@ class BatchPolicy:
         return "BatchPolicy(%r, %d)" % (self.name, size)
 
 
+def auto_ramp_length(k, momentum):
+    """Shortest ramp ``T`` after which the stale momentum buffer never outweighs the old LR.
+
+    ``T = ceil((max(k, 1/k) - 1) * momentum / (1 - momentum))``; derivation in the module
+    docstring ("Automatic ramp length from the momentum").
+
+    Parameters
+    ----------
+    k : float
+        Ratio of the new multiplier to the one in use, > 0.
+    momentum : float
+        Momentum coefficient ``mu``, in [0, 1).
+
+    Returns
+    -------
+    int
+    """
+    if not k > 0:
+        raise ValueError("k must be > 0, got %r" % (k,))
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
+            or not 0.0 <= momentum < 1.0:
+        raise ValueError("momentum must be a number in [0, 1), got %r" % (momentum,))
+    factor = max(k, 1.0 / k)
+    # Rounding guard: (k - 1) * mu / (1 - mu) lands a hair above an integer in floating point
+    # (15 * 0.9 / 0.1 = 135.00000000000003), which must not add an iteration.
+    return int(math.ceil((factor - 1.0) * momentum / (1.0 - momentum) - 1e-9))
+
+
 class Transition:
     """The LR multiplier over iterations, and how it moves when the world size changes.
 
@@ -148,8 +196,9 @@ class Transition:
         ``immediate`` jumps to the new multiplier at the first step after the change (with momentum
         correction, the paper's baseline Eq. 5; without it, MXNet's native behaviour). ``dynamic``
         ramps linearly from the multiplier in use to the new one over ``T`` iterations (Eq. 6).
-    ramp_iters : int, optional
-        ``T`` in iterations. Mutually exclusive with ``ramp_per_k``.
+    ramp_iters : int or 'auto', optional
+        ``T`` in iterations. Mutually exclusive with ``ramp_per_k``. ``'auto'`` derives ``T``
+        from ``momentum`` and ``k`` (:func:`auto_ramp_length`; module docstring).
     ramp_per_k : float, optional
         ``T = round(ramp_per_k * max(k, 1/k))``: a ramp proportional to the size of the change.
         Used when ``ramp_iters`` is None; default 8 (so a doubling ramps over 16 iterations).
@@ -161,18 +210,27 @@ class Transition:
         MXNet's v-form update follow the paper's u-form equations. Read by the trainer.
     initial_multiplier : float
         Multiplier before any change.
+    momentum : float, optional
+        Momentum coefficient of the optimizer; required by (and only used by)
+        ``ramp_iters='auto'``.
     """
 
     def __init__(self, kind="dynamic", ramp_iters=None, ramp_per_k=None, shrink="immediate",
-                 momentum_correction=True, initial_multiplier=1.0):
+                 momentum_correction=True, initial_multiplier=1.0, momentum=None):
         _check_choice("transition", kind, TRANSITIONS)
         _check_choice("shrink", shrink, SHRINK_MODES)
         if ramp_iters is not None and ramp_per_k is not None:
             raise ValueError("give ramp_iters or ramp_per_k, not both (got %r and %r)"
                              % (ramp_iters, ramp_per_k))
-        if ramp_iters is not None and (isinstance(ramp_iters, bool) or not isinstance(ramp_iters, int)
-                                       or ramp_iters < 0):
-            raise ValueError("ramp_iters (T) must be an integer >= 0, got %r" % (ramp_iters,))
+        if ramp_iters == "auto":
+            if momentum is None:
+                raise ValueError("ramp_iters='auto' derives T from the momentum: pass momentum=")
+            # Validates the momentum at construction rather than at the first change.
+            auto_ramp_length(1.0, momentum)
+        elif ramp_iters is not None and (isinstance(ramp_iters, bool)
+                                         or not isinstance(ramp_iters, int) or ramp_iters < 0):
+            raise ValueError("ramp_iters (T) must be an integer >= 0 or 'auto', got %r"
+                             % (ramp_iters,))
         if ramp_iters is None:
             ramp_per_k = 8.0 if ramp_per_k is None else ramp_per_k
             if not isinstance(ramp_per_k, (int, float)) or ramp_per_k < 0:
@@ -184,6 +242,7 @@ class Transition:
         self.ramp_per_k = ramp_per_k
         self.shrink = shrink
         self.momentum_correction = bool(momentum_correction)
+        self.momentum = momentum
         # The ramp in force: from start_multiplier at start_iter to target_multiplier after ramp_len.
         self.start_multiplier = float(initial_multiplier)
         self.target_multiplier = float(initial_multiplier)
@@ -194,6 +253,8 @@ class Transition:
         """Ramp length ``T`` in iterations for a change by factor ``k``."""
         if self.kind == "immediate" or k == 1.0 or (k < 1.0 and self.shrink == "immediate"):
             return 0
+        if self.ramp_iters == "auto":
+            return auto_ramp_length(k, self.momentum)
         if self.ramp_iters is not None:
             return self.ramp_iters
         return max(1, int(round(self.ramp_per_k * max(k, 1.0 / k))))
@@ -253,8 +314,9 @@ class Transition:
         self.ramp_len = int(state["ramp_len"])
 
     def __repr__(self):
-        return ("Transition(kind=%r, ramp_iters=%r, ramp_per_k=%r, shrink=%r, momentum_correction=%r)"
-                % (self.kind, self.ramp_iters, self.ramp_per_k, self.shrink, self.momentum_correction))
+        return ("Transition(kind=%r, ramp_iters=%r, ramp_per_k=%r, shrink=%r, momentum_correction=%r%s)"
+                % (self.kind, self.ramp_iters, self.ramp_per_k, self.shrink, self.momentum_correction,
+                   ", momentum=%r" % self.momentum if self.ramp_iters == "auto" else ""))
 
 
 # ----------------------------------------------------------------------------------- AdaScale

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from gluon_elastic.policy import BatchPolicy, Transition, lr_scale
+from gluon_elastic.policy import BatchPolicy, Transition, auto_ramp_length, lr_scale
 
 
 @pytest.mark.parametrize("rule, expected", [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
@@ -226,3 +226,55 @@ def test_adascale_smoothing_and_scale_one():
     restored = AdaScale(base_batch_size=2)
     restored.load_state_dict(adascale.state_dict())
     assert restored.gain(2.0) == adascale.gain(2.0)
+
+
+@pytest.mark.parametrize("k, momentum, expected", [
+    (16.0, 0.9, 135), (8.0, 0.9, 63), (4.0, 0.9, 27), (2.0, 0.9, 9), (1.0, 0.9, 0),
+    (0.25, 0.9, 27),                      # a shrink by 4 ramps as long as a growth by 4
+    (16.0, 0.0, 0), (2.0, 0.5, 1), (3.0, 0.99, 198), (1.5, 0.9, 5),  # 4.5 rounds up
+])
+def test_auto_ramp_length_closed_form(k, momentum, expected):
+    # T = ceil((max(k, 1/k) - 1) * mu / (1 - mu)).
+    assert auto_ramp_length(k, momentum) == expected
+
+
+def test_auto_ramp_is_the_shortest_that_keeps_the_stale_buffer_below_the_old_lr():
+    # The derivation's condition gamma_t * mu^t <= 1 for every t >= 1 holds at T and fails at T - 1.
+    def holds(T, k, mu):
+        return all((1 + min(t / T, 1.0) * (k - 1)) * mu ** t <= 1 + 1e-12 for t in range(1, 2000))
+
+    for k in (2.0, 4.0, 8.0, 16.0, 1.5):
+        for mu in (0.5, 0.9, 0.95):
+            T = auto_ramp_length(k, mu)
+            assert T >= 1 and holds(T, k, mu)
+            if T > 1:
+                assert not holds(T - 1, k, mu)
+
+
+def test_transition_auto_ramp_uses_momentum_and_k():
+    transition = Transition("dynamic", ramp_iters="auto", momentum=0.9)
+    info = transition.change(10, 16.0)
+    assert (info["k"], info["ramp_len"]) == (16.0, 135)
+    # gamma at the first step is the old multiplier, then moves by 15/135 per step.
+    assert transition.multiplier(10) == 1.0
+    assert transition.multiplier(11) == pytest.approx(1 + 15 / 135)
+    assert transition.multiplier(145) == 16.0
+    # A shrink is cut at once by default; with shrink='ramp' it ramps over T(1/k).
+    assert transition.change(200, 4.0)["ramp_len"] == 0
+    ramping = Transition("dynamic", ramp_iters="auto", momentum=0.9, shrink="ramp",
+                         initial_multiplier=8.0)
+    assert ramping.change(0, 2.0)["ramp_len"] == 27
+    assert "momentum=0.9" in repr(ramping)
+    assert Transition("immediate", ramp_iters="auto", momentum=0.9).change(0, 16.0)["ramp_len"] == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ramp_iters": "auto"}, "pass momentum="),
+    ({"ramp_iters": "auto", "momentum": 1.0}, "momentum must be"),
+    ({"ramp_iters": "auto", "momentum": -0.1}, "momentum must be"),
+    ({"ramp_iters": "automatic", "momentum": 0.9}, "ramp_iters"),
+    ({"ramp_iters": "auto", "ramp_per_k": 2.0, "momentum": 0.9}, "not both"),
+])
+def test_transition_auto_ramp_rejects_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Transition("dynamic", **kwargs)
