@@ -29,7 +29,9 @@ The loop is built around an ElasticState (model, trainer, sampler, epoch): it co
 --commit-interval steps and at the end of each epoch, checks for membership changes every
 --check-interval steps, and resumes from the state after any reset. Rank 0 prints one progress
 line per logging interval and the test accuracy at the end of each epoch; every world change is
-logged by the trainer (old/new world, k, LR target).
+logged by the trainer (old/new world, k, LR target). ``--metrics-file run.jsonl`` also writes them
+as JSON lines (per step: world, global batch, LR, loss, batch accuracy, samples/s; one event per
+world change, failure, rollback, reset and restart), drawn by ``python -m gluon_elastic.plot``.
 """
 import argparse
 import logging
