@@ -244,3 +244,35 @@ def run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, t
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     return _communicate(proc, timeout, progress_file)
+
+
+# Carried by every process of run_kvstore_group (worker code may read it to find its group).
+GROUP_TOKEN_VAR = "GLUON_ELASTIC_GROUP_TEST_TOKEN"
+
+
+def run_kvstore_group(command, num_workers, num_servers=1, timeout=150, env_extra=None):
+    """Run a KVStore group (``gluon_elastic.launch.Group``) to its end; kill what is left.
+
+    Every process of the group carries a token variable; after the group ends (or its timeout),
+    any process still carrying it is killed, and the test fails if there was one.
+
+    Returns
+    -------
+    (int, str)
+        The group's exit code and its prefixed output.
+    """
+    import io
+    import uuid
+
+    from gluon_elastic.launch import Group
+
+    output, token = io.StringIO(), uuid.uuid4().hex
+    env = {GROUP_TOKEN_VAR: token}
+    env.update(env_extra or {})
+    group = Group(command, num_workers, num_servers, output=output, env=env)
+    try:
+        code = group.start().wait(timeout=timeout)
+    finally:
+        leftovers = kill_processes_with_token(GROUP_TOKEN_VAR, token)
+    assert leftovers == [], "processes left behind: %s" % leftovers
+    return code, output.getvalue()

@@ -4,27 +4,22 @@ The worker (``tests/workers/adascale.py``) gives sample ``j`` of rank ``r`` the 
 ``D[t, r, j]``. The reference below recomputes, in float64, the estimates of Johnson et al. from
 the per-worker sums ``G_r``, their moving averages, the gain and the u-form SGD trajectory.
 """
-import io
 import os
 import subprocess
 import sys
-import uuid
 
 import numpy as np
 import pytest
 
-from gluon_elastic.launch import Group
-
 pytestmark = pytest.mark.dist
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(ROOT, "tests", "workers", "adascale.py")
-TOKEN_VAR = "GLUON_ELASTIC_ADASCALE_TEST_TOKEN"
 STEPS = 6
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 
 # pylint: disable-next=wrong-import-position
-from processes import json_lines, kill_processes_with_token, run_horovodrun  # noqa: E402
+from processes import json_lines, run_horovodrun, run_kvstore_group  # noqa: E402
 from adascale import DIM, LOCAL_BATCH_SIZE, LR, MOMENTUM, gradients  # noqa: E402
 
 
@@ -83,16 +78,9 @@ def test_emulated_workers_match_the_closed_form(world_size):
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_kvstore_workers_match_the_closed_form(world_size):
-    output, token = io.StringIO(), uuid.uuid4().hex
-    group = Group([sys.executable, WORKER, "dist_sync", str(STEPS)], world_size, 1,
-                  output=output, env={TOKEN_VAR: token})
-    try:
-        code = group.start().wait(timeout=150)
-    finally:
-        leftovers = kill_processes_with_token(TOKEN_VAR, token)
-    assert leftovers == []
-    assert code == 0, output.getvalue()[-3000:]
-    check(json_lines(output.getvalue(), key="rank"), world_size, processes=world_size)
+    code, text = run_kvstore_group([sys.executable, WORKER, "dist_sync", str(STEPS)], world_size)
+    assert code == 0, text[-3000:]
+    check(json_lines(text, key="rank"), world_size, processes=world_size)
 
 
 @pytest.mark.timeout(200)

@@ -5,25 +5,20 @@ every epoch is a global batch of 12 (values 1..12, mean 6.5) and one of 1 (value
 rank 0 holds. Every rank must step every time and end with the weights of the closed form, with
 ``step()`` and with ``allreduce_grads()`` -> clip to global norm 1 -> ``update()``.
 """
-import io
 import os
 import sys
-import uuid
 
 import numpy as np
 import pytest
 
-from gluon_elastic.launch import Group
-
 pytestmark = pytest.mark.dist
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(ROOT, "tests", "workers", "tail_batch.py")
-TOKEN_VAR = "GLUON_ELASTIC_TAIL_BATCH_TEST_TOKEN"
 EPOCHS, LR, MU, WD, MAX_NORM = 2, 0.1, 0.9, 0.01, 1.0
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 # pylint: disable-next=wrong-import-position
-from processes import json_lines, kill_processes_with_token  # noqa: E402
+from processes import json_lines, run_kvstore_group  # noqa: E402
 
 
 def expected_weights(clip):
@@ -43,16 +38,9 @@ def expected_weights(clip):
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("mode", ["step", "clip"])
 def test_every_rank_steps_through_empty_batches(mode):
-    output, token = io.StringIO(), uuid.uuid4().hex
-    command = [sys.executable, WORKER, "dist_sync", mode, str(EPOCHS)]
-    group = Group(command, 3, 1, output=output, env={TOKEN_VAR: token})
-    try:
-        code = group.start().wait(timeout=150)
-    finally:
-        leftovers = kill_processes_with_token(TOKEN_VAR, token)
-    assert leftovers == []
-    assert code == 0, output.getvalue()[-3000:]
-    rows = json_lines(output.getvalue(), key="rank")
+    code, text = run_kvstore_group([sys.executable, WORKER, "dist_sync", mode, str(EPOCHS)], 3)
+    assert code == 0, text[-3000:]
+    rows = json_lines(text, key="rank")
     expected = expected_weights(clip=mode == "clip")
     assert len(rows) == 3 * len(expected)
     for row in rows:

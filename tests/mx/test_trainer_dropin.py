@@ -236,6 +236,14 @@ def _states(trainer):
         key=id)]
 
 
+def _assert_same_continuation(plain, plain_net, elastic, elastic_net):
+    """Both trainers, from the same weights and optimizer state, go on by the same two steps."""
+    _train(plain, plain_net, 2, seed=9)
+    _train(elastic, elastic_net, 2, seed=9)
+    np.testing.assert_allclose(elastic_net.weight.data().asnumpy(),
+                               plain_net.weight.data().asnumpy(), rtol=1e-6)
+
+
 @pytest.mark.parametrize("dump_optimizer", [True, False])
 def test_gluon_states_load_into_elastic_trainer(tmp_path, dump_optimizer):
     w0 = np.random.RandomState(4).randn(DIM)
@@ -257,11 +265,7 @@ def test_gluon_states_load_into_elastic_trainer(tmp_path, dump_optimizer):
     np.testing.assert_array_equal(elastic.momentum_arrays()[0].asnumpy(), momentum)
     assert (elastic.iteration, elastic.progress) == (3, 12)
     assert elastic.optimizer.num_update == (3 if dump_optimizer else 0)
-    # Both continue by the same step.
-    _train(plain, net, 2, seed=9)
-    _train(elastic, net2, 2, seed=9)
-    np.testing.assert_allclose(net2.weight.data().asnumpy(), net.weight.data().asnumpy(),
-                               rtol=1e-6)
+    _assert_same_continuation(plain, net, elastic, net2)
 
 
 def test_gluon_states_without_position_start_at_zero(tmp_path):
@@ -297,10 +301,7 @@ def test_elastic_states_load_into_gluon_trainer(tmp_path, optimizer, wd):
     assert plain.optimizer.num_update == 3
     np.testing.assert_array_equal(plain._updaters[0].states[0].asnumpy(),  # pylint: disable=protected-access
                                   elastic.momentum_arrays()[0].asnumpy())
-    _train(plain, net2, 2, seed=9)
-    _train(elastic, net, 2, seed=9)
-    np.testing.assert_allclose(net2.weight.data().asnumpy(), net.weight.data().asnumpy(),
-                               rtol=1e-6)
+    _assert_same_continuation(plain, net2, elastic, net)
 
 
 def test_states_of_another_model_are_refused(tmp_path):
