@@ -1,436 +1,846 @@
-"""Convergence under elastic world changes: Dynamic SGD against its baselines on real MNIST digits.
+"""When does Dynamic SGD help? Elastic world changes on Fashion-MNIST against honest baselines.
 
-Regenerate every table, plot and raw number (32 minutes on a 2-core CPU shared with other jobs):
+One command regenerates every raw number, table and figure (its plan and a progress bar come
+first; about 55 minutes on a shared 2-core CPU):
 
-    .venv/bin/python benchmarks/convergence.py
+    .venv/bin/python benchmarks/convergence.py                  # the CPU study
+    .venv/bin/python benchmarks/convergence.py --render-only    # tables, figures, README block from the JSON
+    .venv/bin/python benchmarks/convergence.py --scale gpu      # 5 seeds, a BatchNorm CNN, on gpu(0)
+    .venv/bin/python benchmarks/convergence.py --scale gpu --dry-run   # its plan, one tiny run on CPU
 
-A reduced variant (the test suite's smoke test runs one like it, well under a minute):
-
-    .venv/bin/python benchmarks/convergence.py --quick --out /tmp/convergence --readme ''
+Data
+----
+Fashion-MNIST (60,000 training and 10,000 test images, 28x28, 10 classes, MIT licence) as the
+standard gzipped IDX files that Debian's package ``dataset-fashion-mnist`` installs under
+``/usr/share/datasets/fashion-mnist``. When the files are missing there and the command runs as
+root with ``apt-get``, it runs ``apt-get update`` and ``apt-get install -y dataset-fashion-mnist``;
+otherwise it stops and says how to get them. ``--data-dir`` reads the four files (gzipped or not)
+from another folder. The study trains on the first ``--train-samples`` (51,200) training images,
+so that one epoch is exactly 200 steps of a 16-worker world at per-worker batch 16, and tests on
+all 10,000 test images.
 
 What runs
 ---------
-A small CNN with BatchNorm learns 2,000 of the 4,000 training digits of
-:func:`gluon_elastic.data.mnist_digits` (``--train-samples``; the 1,000 held-out digits are the test
-set). The per-worker batch stays fixed and the number of workers
-follows an elastic schedule (world size per epoch) that grows and shrinks by large factors. The workers
-are emulated in one process (:class:`gluon_elastic.emulate.EmulatedWorkers`): each virtual worker runs
-forward/backward on its own per-worker batch, so BatchNorm sees per-worker statistics, and the gradients
-add up to the sum over the global batch. A :class:`gluon_elastic.backends.LocalBackend` carries the
-virtual world size, changed with ``set_world_size`` at the epoch boundaries; the
-:class:`gluon_elastic.ElasticTrainer` does the LR scaling, the transition and the momentum correction,
-exactly as for real workers. Methods compared (``METHODS``):
+Workers are emulated in one process (:class:`gluon_elastic.emulate.EmulatedWorkers`): every
+virtual worker runs its own forward and backward pass on its per-worker batch (BatchNorm sees
+per-worker statistics, as on real workers) and the gradients add up to the global batch's; a
+:class:`gluon_elastic.backends.LocalBackend` carries the virtual world size, so
+:class:`gluon_elastic.ElasticTrainer` scales, ramps and corrects exactly as for real workers.
+Schedules (``SCHEDULES``) give the world size per phase, in samples, so that every method trains
+the same number of samples:
 
-* ``static``: the world never changes (reference);
-* ``immediate``: linear scaling applied at once with Goyal's momentum correction (Eq. 5);
-* ``immediate_nocorr``: linear scaling at once, momentum buffer untouched (MXNet's native v-form);
-* ``dynamic_T``: Dynamic SGD, LR ramped over a fixed ``T`` iterations (Eq. 6);
-* ``dynamic_Tk``: Dynamic SGD with ``T`` proportional to the change factor ``k`` (``T = k``);
-* ``dynamic_Tk_ramp_down`` (not in the default set): as ``dynamic_Tk``, also ramping on a shrink;
-* ``fixed_global``: the global batch stays fixed (per-worker batch = B / N), LR constant.
+* ``grow16``: 1 worker for one epoch, 16 for two (400 steps), then 2 for one;
+* ``spot``: 2 -> 8 -> 4 -> 8 -> 2 workers, half an epoch each (at least 200 steps a phase).
 
-Every (schedule, method, base LR, seed) is one run; runs are spread over ``--jobs`` processes with one
-thread each. Metrics per world change (mean and standard deviation over seeds): the training loss over
-the first ``--spike-window`` iterations after the change, the largest single-iteration training loss in
-the first ``--peak-window`` iterations, the test accuracy at the end of the epoch of the change; and the
-final test accuracy. For ``static`` the "change" is the same epoch boundary, without a change.
+Methods (``METHODS``), all with the same base LR schedule (linear warmup from 0, then constant),
+the same seeds (initial weights and data order are functions of the seed, so runs pair by seed):
+static small world (the schedule's first world throughout), static large world (its largest
+world throughout, linear scaling after the same warmup) and the same with the square-root rule,
+fixed global batch, immediate linear scaling with Goyal's momentum correction (Eq. 5), immediate
+without correction (MXNet's native v-form), Dynamic SGD with T = 8, T = 8k and the automatic T
+of :func:`gluon_elastic.policy.auto_ramp_length`, and AdaScale (``scaling='adascale'``, the
+trainer's default ramp).
 
-Outputs (under ``--out``): ``convergence.json`` (configuration, machine, per-iteration traces and
-metrics of every run), ``convergence.csv`` (one row per run and change), ``convergence.md`` (the
-tables), ``convergence_<schedule>_change<i>_lr<lr>.png`` (LR, world size, training loss and momentum
-buffer norm against iterations around each change, one column per method). With ``--readme`` the
-tables also replace the block between the ``convergence:begin``/``convergence:end`` markers there.
+Outputs (under ``--out``): ``convergence.json`` (settings, machine, load, every run's traces
+around each change, its evaluation curve and metrics), ``convergence.csv`` (one row per run and
+change), ``convergence.md`` (tables), ``convergence_<schedule>_lr<lr>_change<i>.png`` (LR, world
+size, training loss on a log scale and momentum norm around each change; thin lines per seed,
+thick mean), ``convergence_summary.png`` (final accuracy per method with 95 % intervals) and
+``convergence_curves.png`` (test accuracy against samples). ``--readme`` receives the tables
+between its ``convergence:begin`` / ``convergence:end`` markers.
 """
 import argparse
 import csv
 import functools
+import gzip
 import json
 import math
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
+import struct
+import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results")
 DEFAULT_README = os.path.join(ROOT, "benchmarks", "README.md")
-SCRIPTS_DIR = os.path.join(ROOT, "scripts")
-if SCRIPTS_DIR not in sys.path:
-    sys.path.insert(0, SCRIPTS_DIR)
+DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+DATA_PACKAGE = "dataset-fashion-mnist"
+DATA_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 README_BEGIN = "<!-- convergence:begin (generated by benchmarks/convergence.py) -->"
 README_END = "<!-- convergence:end -->"
+# Fashion-MNIST's training-set pixel mean and standard deviation (of values in [0, 1]).
+PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
 
-# World size per epoch. Growth and shrink by large factors, as when nodes join or leave a job.
+# World size per phase, phase lengths in epochs of --train-samples.
 SCHEDULES = {
-    "grow16_shrink8": [(0, 1), (1, 16), (3, 2)],
-    "shrink16": [(0, 16), (2, 1)],
+    "grow16": [(1, 1.0), (16, 2.0), (2, 1.0)],
+    "spot": [(2, 0.5), (8, 0.5), (4, 0.5), (8, 0.5), (2, 0.5)],
 }
-SCHEDULE_EPOCHS = {"grow16_shrink8": 4, "shrink16": 3}
 
-# Trainer keyword arguments of each method; ``static`` also keeps the world of epoch 0.
+# Trainer keyword arguments of each method. ``world``: 'schedule' follows the schedule, 'small'
+# keeps its first world, 'large' its largest. ``ramp_iters='auto'`` builds a Transition with the
+# optimizer's momentum (ElasticTrainer passes no momentum to the Transition it builds).
 METHODS = {
-    "static": {"transition": "immediate", "momentum_correction": True},
+    "static_small": {"world": "small", "transition": "immediate"},
+    "static_large": {"world": "large", "transition": "immediate"},
+    "static_large_sqrt": {"world": "large", "transition": "immediate", "scaling": "sqrt"},
+    "fixed_global": {"transition": "immediate", "batch_policy": "fixed_global"},
     "immediate": {"transition": "immediate", "momentum_correction": True},
     "immediate_nocorr": {"transition": "immediate", "momentum_correction": False},
-    "dynamic_T": {"transition": "dynamic", "ramp_iters": 8},
-    "dynamic_Tk": {"transition": "dynamic", "ramp_per_k": 1.0},
-    "dynamic_Tk_ramp_down": {"transition": "dynamic", "ramp_per_k": 1.0, "shrink": "ramp"},
-    "fixed_global": {"transition": "immediate", "momentum_correction": True,
-                     "batch_policy": "fixed_global"},
+    "dynamic_T8": {"transition": "dynamic", "ramp_iters": 8},
+    "dynamic_T8k": {"transition": "dynamic", "ramp_per_k": 8.0},
+    "dynamic_auto": {"transition": "dynamic", "ramp_iters": "auto"},
+    "adascale": {"scaling": "adascale"},
 }
 METHOD_LABELS = {
-    "static": "static world",
+    "static_small": "static small world",
+    "static_large": "static large world (linear)",
+    "static_large_sqrt": "static large world (sqrt)",
+    "fixed_global": "fixed global batch",
     "immediate": "immediate + Goyal correction (Eq. 5)",
     "immediate_nocorr": "immediate, no correction (MXNet native)",
-    "dynamic_T": "Dynamic SGD, T = 8",
-    "dynamic_Tk": "Dynamic SGD, T = k",
-    "dynamic_Tk_ramp_down": "Dynamic SGD, T = k, ramp on shrink too",
-    "fixed_global": "fixed global batch 64",
+    "dynamic_T8": "Dynamic SGD, T = 8",
+    "dynamic_T8k": "Dynamic SGD, T = 8k (default)",
+    "dynamic_auto": "Dynamic SGD, automatic T",
+    "adascale": "AdaScale (gain ramped, T = 8k)",
 }
+DYNAMIC = ("dynamic_T8", "dynamic_T8k", "dynamic_auto")
+BASELINES = ("static_small", "static_large", "static_large_sqrt", "fixed_global", "immediate",
+             "immediate_nocorr", "adascale")
+
+# Sizes per --scale. 'cpu' is the study committed under benchmarks/results; 'smoke' the test
+# suite's; 'gpu' more seeds and a larger model for one GPU.
+SCALES = {
+    "cpu": {"model": "mlp", "seeds": 3, "train_samples": 51200, "lrs": {"grow16": [0.02, 0.05],
+                                                                         "spot": [0.05]},
+            "jobs": 2, "context": "cpu"},
+    "gpu": {"model": "cnn", "seeds": 5, "train_samples": 51200, "lrs": {"grow16": [0.02, 0.05],
+                                                                         "spot": [0.05]},
+            "jobs": 1, "context": "gpu"},
+    "smoke": {"model": "mlp", "seeds": 1, "train_samples": 1024, "lrs": {"grow16": [0.05],
+                                                                          "spot": [0.05]},
+              "jobs": 2, "context": "cpu"},
+}
+# Samples per second of one run on one core of the reference machine (2 cores, loaded), by
+# method family, for the printed plan; AdaScale measures every virtual worker's gradient.
+PLAN_RATE = {"default": 3000.0, "adascale": 900.0}
+# Student t quantiles t(0.975, n - 1) for 95 % intervals of a mean of n paired differences.
+T_975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306,
+         10: 2.262}
+# A run diverged when its loss overflows or when its training loss ends above chance (ln 10).
+CHANCE_LOSS = math.log(10)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu",
+                        help="study size (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan, then train one tiny run of the chosen scale's model "
+                             "on CPU (checks the path without the hardware); writes nothing")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     parser.add_argument("--readme", default=DEFAULT_README,
                         help="Markdown file whose generated block receives the tables; '' for none "
                              "(default: %(default)s)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.025],
-                        help="base LRs at the base batch size (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
-                        default=[m for m in METHODS if m != "dynamic_Tk_ramp_down"],
-                        help="methods to compare (default: all but dynamic_Tk_ramp_down)")
-    parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
-    parser.add_argument("--local-batch-size", type=int, default=16,
-                        help="per-worker batch; also the base batch size of the LRs")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help="folder with Fashion-MNIST's four IDX files (default: %(default)s, "
+                             "where Debian's " + DATA_PACKAGE + " installs them)")
+    parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: by scale)")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="training images used, one epoch (default: by scale)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: by scale)")
+    parser.add_argument("--local-batch-size", type=int, default=16)
     parser.add_argument("--fixed-global-batch-size", type=int, default=64,
-                        help="global batch of the fixed_global method")
+                        help="global batch of fixed_global (LR scaled linearly to it once)")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--wd", type=float, default=1e-4)
-    parser.add_argument("--warmup-samples", type=int, default=1000,
-                        help="linear warmup of the base LR from a tenth of it, in samples")
-    parser.add_argument("--train-samples", type=int, default=2000,
-                        help="train on the first N of the 4,000 training digits; 0 for all "
-                             "(default: %(default)s, sized for a shared 2-core machine)")
-    parser.add_argument("--epoch-scale", type=float, default=1.0,
-                        help="multiply every schedule's epoch count and change epochs (smoke runs "
-                             "use fewer epochs); the result is rounded, changes kept distinct")
+    parser.add_argument("--warmup-epochs", type=float, default=0.25,
+                        help="linear warmup of the base LR from 0, in epochs (default: %(default)s)")
+    parser.add_argument("--evals-per-epoch", type=int, default=8,
+                        help="test-set evaluations per epoch (default: %(default)s)")
+    parser.add_argument("--window", type=int, nargs=2, default=[50, 300], metavar=("BEFORE", "AFTER"),
+                        help="iterations kept at full resolution around each change")
     parser.add_argument("--spike-window", type=int, default=10)
-    parser.add_argument("--peak-window", type=int, default=30)
-    parser.add_argument("--plot-window", type=int, nargs=2, default=[20, 70], metavar=("BEFORE", "AFTER"))
-    parser.add_argument("--jobs", type=int, default=2, help="parallel runs (one thread each)")
+    parser.add_argument("--peak-window", type=int, default=50)
     parser.add_argument("--render-only", action="store_true",
-                        help="rebuild tables, plots and the README block from OUT/convergence.json "
-                             "without training")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke configuration: 320 digits, 1 seed, every method, schedules "
-                             "shortened to one epoch per world")
+                        help="rebuild tables, figures and the README block from OUT/convergence.json")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.train_samples = min(args.train_samples or 320, 320)
-        args.seeds = 1
-        args.epoch_scale = 0.01
-        args.warmup_samples = min(args.warmup_samples, 64)
-    if args.seeds < 1:
-        parser.error("--seeds must be >= 1")
+    scale = SCALES[args.scale]
+    args.model = scale["model"]
+    args.context = "cpu" if args.dry_run else scale["context"]
+    args.seeds = args.seeds or scale["seeds"]
+    args.train_samples = args.train_samples or scale["train_samples"]
+    args.jobs = args.jobs or scale["jobs"]
+    args.lrs = {name: list(scale["lrs"][name]) for name in args.schedules}
+    unit = args.local_batch_size * max(w for s in args.schedules for w, _ in SCHEDULES[s])
+    unit = max(unit, args.fixed_global_batch_size)
+    if args.train_samples % (unit * max(args.evals_per_epoch, 2)):
+        # Phase boundaries (half epochs) and evaluation points must fall between two steps of
+        # every world, so that every method is measured at the same samples.
+        parser.error("--train-samples must be a multiple of %d" % (unit * max(args.evals_per_epoch, 2)))
+    if args.seeds < 2 and args.scale != "smoke":
+        parser.error("--seeds must be >= 2 (paired intervals need two)")
     return args
 
 
-# ------------------------------------------------------------------------------------- one run
-@functools.lru_cache(maxsize=1)
-def load_digits():
-    """:func:`gluon_elastic.data.mnist_digits`, parsed once per process (it takes seconds)."""
-    from gluon_elastic.data import mnist_digits
+# ------------------------------------------------------------------------------------------- data
+def read_idx(path):
+    """Read an IDX file (gzipped when its name ends in ``.gz``) into a numpy array.
 
-    return mnist_digits()
+    The format (LeCun's MNIST files): two zero bytes, a type code (0x08 for unsigned bytes), the
+    number of dimensions, each dimension as a big-endian int32, then the values.
+    """
+    import numpy as np
+
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as fin:
+        raw = fin.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError("%s is not an IDX file of unsigned bytes (header %r)" % (path, raw[:4]))
+    shape = struct.unpack(">%dI" % ndim, raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError("%s holds %d values, its header says %s" % (path, data.size, shape))
+    return data.reshape(shape)
 
 
-def world_plan(schedule, num_epochs, static):
-    """World size of every epoch (the first one throughout for a static world)."""
-    from gluon_elastic.flags import world_at
+def find_idx_files(data_dir):
+    """Paths of the four files in ``data_dir`` (``.gz`` or plain), or None for a missing one."""
+    found = {}
+    for key, stem in DATA_FILES.items():
+        for name in (stem + ".gz", stem):
+            if os.path.exists(os.path.join(data_dir, name)):
+                found[key] = os.path.join(data_dir, name)
+                break
+        else:
+            found[key] = None
+    return found
 
-    return [schedule[0][1] if static else world_at(schedule, epoch) for epoch in range(num_epochs)]
+
+def ensure_data(data_dir, run=subprocess.run, is_root=None, which=shutil.which):
+    """Make sure the IDX files are in ``data_dir``; install Debian's package when possible.
+
+    Installs only into the package's own folder (``DEFAULT_DATA_DIR``), as root, with apt-get.
+    Returns the four paths; raises SystemExit with instructions otherwise.
+    """
+    files = find_idx_files(data_dir)
+    if all(files.values()):
+        return files
+    is_root = (os.geteuid() == 0) if is_root is None else is_root
+    if os.path.abspath(data_dir) == DEFAULT_DATA_DIR and is_root and which("apt-get"):
+        for command in (["apt-get", "update"], ["apt-get", "install", "-y", DATA_PACKAGE]):
+            print("[convergence] %s" % " ".join(command), flush=True)
+            run(command, check=True)
+        files = find_idx_files(data_dir)
+        if all(files.values()):
+            return files
+    missing = ", ".join(DATA_FILES[key] for key, path in files.items() if path is None)
+    raise SystemExit(
+        "Fashion-MNIST is not in %s (missing: %s). Install it with `sudo apt-get install %s` "
+        "(Debian/Ubuntu; files under %s), or put the four IDX files (.gz or not; from "
+        "https://github.com/zalandoresearch/fashion-mnist) in a folder and pass --data-dir FOLDER."
+        % (data_dir, missing, DATA_PACKAGE, DEFAULT_DATA_DIR))
+
+
+@functools.lru_cache(maxsize=2)
+def load_fashion_mnist(data_dir, train_samples):
+    """``(train_x, train_y, test_x, test_y)``: float32 images normalised, NCHW, int labels."""
+    import numpy as np
+
+    files = find_idx_files(data_dir)
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for key in ("train", "test"):
+        if len(arrays[key + "_images"]) != len(arrays[key + "_labels"]):
+            raise ValueError("%s: %d images but %d labels" % (
+                key, len(arrays[key + "_images"]), len(arrays[key + "_labels"])))
+    if train_samples > len(arrays["train_labels"]):
+        raise ValueError("--train-samples %d: the training set has %d images"
+                         % (train_samples, len(arrays["train_labels"])))
+
+    def images(raw):
+        return ((raw.astype(np.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD)[:, None, :, :]
+
+    return (images(arrays["train_images"][:train_samples]),
+            arrays["train_labels"][:train_samples].astype(np.float32),
+            images(arrays["test_images"]), arrays["test_labels"].astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------- plan
+def phases(schedule_name, method, train_samples):
+    """``[(world_size, samples)]`` of a run: the schedule, or one world throughout if static."""
+    schedule = [(world, int(round(epochs * train_samples))) for world, epochs in
+                SCHEDULES[schedule_name]]
+    world = METHODS[method].get("world", "schedule")
+    if world == "schedule":
+        return schedule
+    size = schedule[0][0] if world == "small" else max(w for w, _ in schedule)
+    return [(size, sum(samples for _, samples in schedule))]
+
+
+def change_points(schedule_name, train_samples):
+    """Samples trained at each world change of the schedule (the same points for every method)."""
+    points, total = [], 0
+    for _, samples in [(w, int(round(e * train_samples))) for w, e in SCHEDULES[schedule_name]][:-1]:
+        total += samples
+        points.append(total)
+    return points
+
+
+def make_configs(args):
+    configs = []
+    for schedule_name in args.schedules:
+        for lr in args.lrs[schedule_name]:
+            for method in args.methods:
+                for seed in range(args.seeds):
+                    configs.append({
+                        "schedule": schedule_name, "method": method, "lr": lr, "seed": seed,
+                        "phases": phases(schedule_name, method, args.train_samples),
+                        "changes": change_points(schedule_name, args.train_samples),
+                        "model": args.model, "context": args.context, "data_dir": args.data_dir,
+                        "train_samples": args.train_samples, "local_batch_size": args.local_batch_size,
+                        "fixed_global_batch_size": args.fixed_global_batch_size,
+                        "momentum": args.momentum, "wd": args.wd,
+                        "warmup_samples": int(args.warmup_epochs * args.train_samples),
+                        "eval_every": args.train_samples // args.evals_per_epoch,
+                        "window": list(args.window)})
+    return configs
+
+
+def plan_text(configs, args):
+    """What will run and how long it should take on the reference machine."""
+    seconds = sum(sum(s for _, s in c["phases"]) / PLAN_RATE[
+        "adascale" if c["method"] == "adascale" else "default"] for c in configs)
+    cells = sorted({(c["schedule"], c["lr"]) for c in configs})
+    lines = ["[convergence] scale %s: %d runs = %d cells x %d methods x %d seeds; model %s on %s; "
+             "%d training images, per-worker batch %d" % (
+                 args.scale, len(configs), len(cells), len(args.methods), args.seeds, args.model,
+                 args.context, args.train_samples, args.local_batch_size)]
+    for schedule_name in args.schedules:
+        worlds = " -> ".join("%d (%g ep)" % (w, e) for w, e in SCHEDULES[schedule_name])
+        lines.append("[convergence]   %s: %s; base LRs %s" % (
+            schedule_name, worlds, ", ".join("%g" % lr for lr in args.lrs[schedule_name])))
+    lines.append("[convergence] expected about %.0f min with %d parallel runs (CPU reference rates; "
+                 "a GPU is faster)" % (seconds / 60 / args.jobs, args.jobs))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- model
+def build_net(model):
+    """``mlp``: 784-256-128-10 with BatchNorm (CPU study); ``cnn``: a BatchNorm CNN (GPU study)."""
+    from mxnet import gluon
+
+    net = gluon.nn.HybridSequential()
+    if model == "mlp":
+        net.add(gluon.nn.Flatten(),
+                gluon.nn.Dense(256), gluon.nn.BatchNorm(), gluon.nn.Activation("relu"),
+                gluon.nn.Dense(128), gluon.nn.BatchNorm(), gluon.nn.Activation("relu"),
+                gluon.nn.Dense(10))
+    elif model == "cnn":
+        for channels in (32, 64):
+            net.add(gluon.nn.Conv2D(channels, 3, padding=1), gluon.nn.BatchNorm(),
+                    gluon.nn.Activation("relu"),
+                    gluon.nn.Conv2D(channels, 3, padding=1), gluon.nn.BatchNorm(),
+                    gluon.nn.Activation("relu"), gluon.nn.MaxPool2D(2))
+        net.add(gluon.nn.Flatten(), gluon.nn.Dense(256), gluon.nn.BatchNorm(),
+                gluon.nn.Activation("relu"), gluon.nn.Dense(10))
+    else:
+        raise ValueError("model must be 'mlp' or 'cnn', got %r" % (model,))
+    return net
+
+
+def evaluate(net, images, labels, ctx, batch_size=1000):
+    """Test accuracy of ``net`` (BatchNorm in inference mode: rank 0's running statistics)."""
+    import mxnet as mx
+
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        out = net(mx.nd.array(images[start:start + batch_size], ctx=ctx))
+        correct += int((out.argmax(axis=1).asnumpy().astype("int64")
+                        == labels[start:start + batch_size]).sum())
+    return correct / len(labels)
+
+
+def _rounded(value):
+    """Four significant digits (keeps the JSON small); NaN and infinities as strings."""
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return float("%.4g" % value)
 
 
 def run_one(config):
-    """Train one configuration and return its per-iteration trace and per-epoch test accuracy."""
+    """Train one (schedule, method, LR, seed) and return its traces, evaluations and timing."""
     import mxnet as mx
     import numpy as np
     from mxnet import gluon
 
     from gluon_elastic import ElasticTrainer, Schedule
     from gluon_elastic.backends import LocalBackend
-    from gluon_elastic.data import ElasticSampler
     from gluon_elastic.emulate import EmulatedWorkers
-    # The study trains the main job's model (scripts/train_mnist.py), evaluated the same way.
-    from train_mnist import build_net, evaluate
+    from gluon_elastic.policy import Transition
 
     tic = time.time()
-    train_x, train_y, test_x, test_y = load_digits()
-    if config["train_samples"]:
-        train_x, train_y = train_x[:config["train_samples"]], train_y[:config["train_samples"]]
+    ctx = mx.gpu(0) if config["context"] == "gpu" else mx.cpu()
+    train_x, train_y, test_x, test_y = load_fashion_mnist(config["data_dir"], config["train_samples"])
     seed = config["seed"]
     mx.random.seed(seed)
     np.random.seed(seed)
-    worlds = world_plan([tuple(item) for item in config["schedule"]], config["epochs"],
-                        config["method"] == "static")
-    backend = LocalBackend(None, world_size=worlds[0])
-    net = build_net()
-    net.initialize(mx.init.Xavier(magnitude=2.0))
-    net(mx.nd.zeros((2, 1, 28, 28)))
+    plan = config["phases"]
+    backend = LocalBackend(None, world_size=plan[0][0])
+    net = build_net(config["model"])
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    net(mx.nd.zeros((2, 1, 28, 28), ctx=ctx))
     net.hybridize()
     method = dict(METHODS[config["method"]])
+    method.pop("world", None)
     batch_policy = method.pop("batch_policy", "fixed_local")
+    if method.get("ramp_iters") == "auto":
+        method.pop("ramp_iters")
+        method["transition"] = Transition(method["transition"], ramp_iters="auto",
+                                          momentum=config["momentum"])
+    adascale = method.get("scaling") == "adascale"
     local_batch_size = config["local_batch_size"]
     trainer = ElasticTrainer(
         net.collect_params(), "sgd", {"momentum": config["momentum"], "wd": config["wd"]},
         kvstore=backend, batch_policy=batch_policy,
         local_batch_size=local_batch_size if batch_policy == "fixed_local" else None,
-        global_batch_size=config["fixed_global_batch_size"] if batch_policy == "fixed_global" else None,
+        global_batch_size=(config["fixed_global_batch_size"] if batch_policy == "fixed_global"
+                           else None),
         base_batch_size=local_batch_size,
-        schedule=Schedule("constant", base_lr=config["lr"], warmup_samples=config["warmup_samples"],
-                          warmup_lr=config["lr"] / 10),
+        schedule=Schedule("constant", base_lr=config["lr"],
+                          warmup_samples=config["warmup_samples"]),
         **method)
     workers = EmulatedWorkers(net.collect_params())
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     momentum = trainer.momentum_arrays()
-    sampler = ElasticSampler(len(train_y), seed=seed)
+    num_samples = len(train_y)
 
-    trace = {"iteration": [], "epoch": [], "world_size": [], "global_batch_size": [], "lr": [],
-             "loss": [], "momentum_norm": []}
-    epoch_starts, test_accuracy = [], []
-    for epoch, world_size in enumerate(worlds):
+    def order(epoch):
+        # The data order is a function of (seed, epoch) only, so every method sees the same samples
+        # in the same order: runs pair by seed.
+        return np.random.RandomState(1000 * seed + epoch).permutation(num_samples)
+
+    changes = config["changes"]
+    before, after = config["window"]
+    windows = [{"change_samples": c, "iteration": None, "offset": [], "lr": [], "world_size": [],
+                "global_batch_size": [], "loss": [], "momentum_norm": []} for c in changes]
+    evals = {"samples": [0], "iteration": [0], "test_accuracy": [evaluate(net, test_x, test_y, ctx)],
+             "train_loss": [float("nan")]}
+    interval_losses = []
+    losses_all = []              # per iteration: loss only (for the divergence test)
+    samples, epoch, position, permutation = 0, 0, 0, order(0)
+    diverged_at = None
+    boundaries = np.cumsum([s for _, s in plan]).tolist()
+    phase_index = 0
+    while samples < boundaries[-1]:
+        while samples >= boundaries[phase_index]:
+            phase_index += 1
+        world_size = plan[phase_index][0]
         backend.set_world_size(world_size)
-        sampler.set_epoch(epoch)
-        epoch_starts.append(trainer.iteration)
-        order = sampler.order()
-        local_batch_sizes = trainer.batch_policy.local_batch_sizes(world_size)
-        while sampler.remaining:
-            chunk = order[sampler.processed:sampler.processed + sum(local_batch_sizes)]
-            sizes = (local_batch_sizes if len(chunk) == sum(local_batch_sizes)
-                     else [len(part) for part in np.array_split(chunk, world_size)])
-            data = mx.nd.array(train_x[chunk])
-            label = mx.nd.array(train_y[chunk])
-            shards = [(d, l) for d, l in zip(EmulatedWorkers.split(data, sizes),
-                                              EmulatedWorkers.split(label, sizes)) if len(d)]
-            losses = workers.forward_backward(lambda rank, shard: loss_fn(net(shard[0]), shard[1]),
-                                              shards)
-            lr = trainer.learning_rate
-            trainer.step(global_batch_size=len(chunk))
-            sampler.record(len(chunk))
-            loss_total = mx.nd.add_n(*[loss.sum() for loss in losses])
-            norm_sq = mx.nd.add_n(*[mx.nd.sum(array * array) for array in momentum])
-            trace["iteration"].append(trainer.iteration - 1)
-            trace["epoch"].append(epoch)
-            trace["world_size"].append(world_size)
-            trace["global_batch_size"].append(len(chunk))
-            trace["lr"].append(lr)
-            trace["loss"].append(float(loss_total.asscalar()) / len(chunk))
-            trace["momentum_norm"].append(math.sqrt(float(norm_sq.asscalar())))
-        test_accuracy.append(evaluate(net, test_x, test_y))
-    return {"config": config, "trace": trace, "epoch_starts": epoch_starts,
-            "test_accuracy": test_accuracy, "seconds": time.time() - tic}
+        sizes = trainer.batch_policy.local_batch_sizes(world_size)
+        batch = sum(sizes)
+        if position + batch > num_samples:
+            epoch, position, permutation = epoch + 1, 0, order(epoch + 1)
+        chunk = permutation[position:position + batch]
+        position += batch
+        data = mx.nd.array(train_x[chunk], ctx=ctx)
+        label = mx.nd.array(train_y[chunk], ctx=ctx)
+        shards = list(zip(EmulatedWorkers.split(data, sizes), EmulatedWorkers.split(label, sizes)))
+        losses = workers.forward_backward(lambda rank, shard: loss_fn(net(shard[0]), shard[1]),
+                                          shards, batch_sizes=sizes if adascale else None)
+        lr = trainer.learning_rate
+        if adascale:
+            trainer.step(global_batch_size=batch, worker_noise=workers.worker_noise)
+        else:
+            trainer.step(global_batch_size=batch)
+        iteration = trainer.iteration - 1
+        loss = float(mx.nd.add_n(*[l.sum() for l in losses]).asscalar()) / batch
+        # Iterations within the window of a change: BEFORE steps before it, AFTER from it on. The
+        # momentum norm is measured only there (it costs a reduction per step).
+        active = []
+        for window in windows:
+            start = window["change_samples"]
+            if samples == start:
+                window["iteration"] = iteration
+            if start - before * batch <= samples < start or (
+                    window["iteration"] is not None and iteration - window["iteration"] < after):
+                active.append(window)
+        if active:
+            norm = math.sqrt(float(mx.nd.add_n(*[mx.nd.sum(a * a) for a in momentum]).asscalar()))
+            for window in active:
+                _append(window, (iteration, lr, world_size, batch, loss, norm))
+        losses_all.append(loss)
+        interval_losses.append(loss)
+        samples += batch
+        if not math.isfinite(loss) and diverged_at is None:
+            diverged_at = iteration
+        if samples % config["eval_every"] == 0 or diverged_at is not None:
+            evals["samples"].append(samples)
+            evals["iteration"].append(trainer.iteration)
+            evals["test_accuracy"].append(evaluate(net, test_x, test_y, ctx))
+            evals["train_loss"].append(_rounded(statistics.fmean(interval_losses)))
+            interval_losses = []
+        if diverged_at is not None:
+            break  # the weights overflowed: nothing more to learn from this run
+    for window in windows:
+        # Absolute iterations -> offsets from the change (None if the run stopped before it).
+        if window["iteration"] is not None:
+            window["offset"] = [i - window["iteration"] for i in window["offset"]]
+    tail = losses_all[-max(1, len(losses_all) // 20):]
+    diverged = diverged_at is not None or statistics.fmean(tail) > CHANCE_LOSS
+    return {"config": config, "windows": windows, "evals": evals, "iterations": trainer.iteration,
+            "samples": samples, "diverged": diverged, "diverged_at": diverged_at,
+            "final_test_accuracy": evals["test_accuracy"][-1],
+            "test_samples": len(test_y), "seconds": time.time() - tic, "adascale_gain_end": (
+                trainer.multiplier if adascale else None)}
+
+
+def _append(window, row):
+    """Add one step to a change's window; offsets are filled in by :func:`_finish_windows`."""
+    iteration, lr, world_size, batch, loss, norm = row
+    window["offset"].append(iteration)
+    window["lr"].append(_rounded(lr))
+    window["world_size"].append(world_size)
+    window["global_batch_size"].append(batch)
+    window["loss"].append(_rounded(loss))
+    window["momentum_norm"].append(_rounded(norm))
 
 
 # ------------------------------------------------------------------------------------- metrics
-def change_epochs(schedule, num_epochs):
-    """Epochs at which the world of ``schedule`` changes (within ``num_epochs``)."""
-    return [epoch for epoch, _ in schedule[1:] if epoch < num_epochs]
-
-
-def run_metrics(result, spike_window, peak_window):
-    """Per-change metrics of one run (see the module docstring)."""
-    config, trace = result["config"], result["trace"]
-    loss = trace["loss"]
-    metrics = []
-    epochs = change_epochs(config["schedule"], config["epochs"])
-    for index, change_epoch in enumerate(epochs):
-        start = result["epoch_starts"][change_epoch]
-        # Windows stop at the next change, so one change's numbers never include another's.
-        end = result["epoch_starts"][epochs[index + 1]] if index + 1 < len(epochs) else len(loss)
-        before = loss[max(0, start - spike_window):start]
-        metrics.append({
-            "change_epoch": change_epoch,
-            "change_iteration": start,
-            "loss_before": statistics.fmean(before),
-            "spike_loss": statistics.fmean(loss[start:min(end, start + spike_window)]),
-            "peak_loss": max(loss[start:min(end, start + peak_window)]),
-            "test_accuracy_change_epoch": result["test_accuracy"][change_epoch],
+def run_metrics(result, spike_window, peak_window, target_accuracy=None):
+    """Per-change and whole-run metrics of one run (see the benchmark README's design)."""
+    config, evals = result["config"], result["evals"]
+    epoch = config["train_samples"]
+    changes = []
+    for window in result["windows"]:
+        offsets, loss = window["offset"], [float(v) for v in window["loss"]]
+        after = [v for o, v in zip(offsets, loss) if o >= 0]
+        before = [v for o, v in zip(offsets, loss) if -spike_window <= o < 0]
+        point = window["change_samples"] + epoch
+        index = _eval_index(evals, min(point, result["config"]["phases"] and
+                                       sum(s for _, s in config["phases"])))
+        changes.append({
+            "change_samples": window["change_samples"],
+            "loss_before": statistics.fmean(before) if before else float("nan"),
+            "spike_loss": statistics.fmean(after[:spike_window]) if after else float("nan"),
+            "peak_loss": max(after[:peak_window]) if after else float("nan"),
+            # One epoch after the change, or at the end of the run when that comes sooner.
+            "accuracy_epoch_after": (evals["test_accuracy"][index] if index is not None
+                                     else float("nan")),
+            "accuracy_epoch_after_samples": point if point <= sum(s for _, s in config["phases"])
+            else sum(s for _, s in config["phases"]),
         })
-    return {"changes": metrics, "final_test_accuracy": result["test_accuracy"][-1]}
+    reached = None
+    if target_accuracy is not None:
+        for samples, iteration, accuracy in zip(evals["samples"], evals["iteration"],
+                                                evals["test_accuracy"]):
+            if accuracy >= target_accuracy:
+                reached = {"samples": samples, "iterations": iteration}
+                break
+    return {"changes": changes, "final_test_accuracy": result["final_test_accuracy"],
+            "reached": reached, "diverged": result["diverged"]}
+
+
+def _eval_index(evals, samples):
+    """Index of the evaluation taken at ``samples`` (None if the run stopped before)."""
+    try:
+        return evals["samples"].index(samples)
+    except ValueError:
+        return None
 
 
 def mean_std(values):
-    """Mean and sample standard deviation; NaN (a diverged run) propagates on purpose."""
     values = [float(v) for v in values]
+    if not values:
+        return float("nan"), float("nan")
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(results, args):
-    """Mean and std over seeds: ``{(schedule, lr, method): {...}}``."""
-    groups = {}
+def paired_interval(a, b):
+    """Mean of the paired differences ``a - b`` and its 95 % t interval ``(mean, low, high)``."""
+    diffs = [float(x) - float(y) for x, y in zip(a, b)]
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2 or not all(math.isfinite(d) for d in diffs):
+        return mean, float("nan"), float("nan")
+    half = T_975.get(len(diffs), 1.96) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+def analyse(results, args):
+    """Per cell (schedule, LR) and method: metrics of every seed, means, and paired intervals."""
+    cells = {}
     for result in results:
         config = result["config"]
-        groups.setdefault((config["schedule_name"], config["lr"], config["method"]), []).append(result)
-    table = {}
-    for key, runs in sorted(groups.items()):
-        per_run = [run_metrics(run, args.spike_window, args.peak_window) for run in runs]
-        changes = []
-        for index in range(len(per_run[0]["changes"])):
-            rows = [metrics["changes"][index] for metrics in per_run]
-            entry = {"change_epoch": rows[0]["change_epoch"]}
-            for name in ("loss_before", "spike_loss", "peak_loss", "test_accuracy_change_epoch"):
-                entry[name] = mean_std([row[name] for row in rows])
-            changes.append(entry)
-        table[key] = {"changes": changes, "seeds": len(runs),
-                      "final_test_accuracy": mean_std([m["final_test_accuracy"] for m in per_run])}
-    return table
+        cells.setdefault((config["schedule"], config["lr"]), {}).setdefault(
+            config["method"], []).append(result)
+    analysis = {}
+    for (schedule_name, lr), methods in sorted(cells.items()):
+        for runs in methods.values():
+            runs.sort(key=lambda r: r["config"]["seed"])
+        target = None
+        if "static_small" in methods:
+            target = statistics.fmean(r["final_test_accuracy"] for r in methods["static_small"])
+        per_method = {}
+        for method, runs in methods.items():
+            metrics = [run_metrics(r, args.spike_window, args.peak_window, target) for r in runs]
+            entry = {"seeds": [r["config"]["seed"] for r in runs],
+                     "diverged": sum(1 for m in metrics if m["diverged"]),
+                     "final_test_accuracy": [m["final_test_accuracy"] for m in metrics],
+                     "reached_samples": [m["reached"]["samples"] if m["reached"] else None
+                                         for m in metrics],
+                     "reached_iterations": [m["reached"]["iterations"] if m["reached"] else None
+                                            for m in metrics],
+                     "changes": []}
+            for index in range(len(metrics[0]["changes"])):
+                rows = [m["changes"][index] for m in metrics]
+                entry["changes"].append({key: [row[key] for row in rows] for key in rows[0]})
+            per_method[method] = entry
+        comparisons = []
+        for dynamic in DYNAMIC:
+            for baseline in BASELINES:
+                if dynamic not in per_method or baseline not in per_method:
+                    continue
+                a, b = per_method[dynamic], per_method[baseline]
+                common = sorted(set(a["seeds"]) & set(b["seeds"]))
+                pick = lambda entry, values: [values[entry["seeds"].index(s)] for s in common]
+                row = {"dynamic": dynamic, "baseline": baseline, "seeds": len(common),
+                       "final_test_accuracy": paired_interval(
+                           pick(a, a["final_test_accuracy"]), pick(b, b["final_test_accuracy"]))}
+                for index in range(len(a["changes"])):
+                    for key in ("spike_loss", "accuracy_epoch_after"):
+                        row["change%d_%s" % (index + 1, key)] = paired_interval(
+                            pick(a, a["changes"][index][key]), pick(b, b["changes"][index][key]))
+                comparisons.append(row)
+        analysis["%s|%g" % (schedule_name, lr)] = {
+            "schedule": schedule_name, "lr": lr, "target_accuracy": target,
+            "methods": per_method, "comparisons": comparisons}
+    return analysis
 
 
 # ------------------------------------------------------------------------------------- reports
-def describe_change(schedule, change_epoch):
-    """``'1 -> 16 (x16)'`` for the change of ``schedule`` at ``change_epoch``."""
-    from gluon_elastic.flags import world_at
-
-    old, new = world_at(schedule, change_epoch - 1), world_at(schedule, change_epoch)
-    factor = "x%d" % (new // old) if new >= old else "/%d" % (old // new)
-    return "%d -> %d workers (%s) at epoch %d" % (old, new, factor, change_epoch)
-
-
-def fmt(pair, digits=3, percent=False):
-    mean, std = pair
-    if math.isnan(mean) or math.isinf(mean):
-        return "diverged"
+def fmt(values, percent=False, digits=3):
+    """``mean ± std`` of a list; 'n/a' when a value is missing (a run that stopped early)."""
+    values = [float(v) for v in values if v is not None]
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "overflow" if values else "n/a"
+    mean, std = mean_std(finite)
+    note = "" if len(finite) == len(values) else " (%d overflowed)" % (len(values) - len(finite))
     if percent:
-        return "%.1f ± %.1f" % (100 * mean, 100 * std)
-    if abs(mean) >= 1000:  # a run that blew up: orders of magnitude matter, not decimals
-        return "%.3g ± %.3g" % (mean, std)
-    return "%.*f ± %.*f" % (digits, mean, digits, std)
+        return "%.1f ± %.1f%s" % (100 * mean, 100 * std, note)
+    if abs(mean) >= 1000:
+        return "%.3g ± %.3g%s" % (mean, std, note)
+    return "%.*f ± %.*f%s" % (digits, mean, digits, std, note)
 
 
-def markdown_tables(table, args, machine, command, elapsed):
-    lines = ["Command: `%s`  " % command,
-             "Machine: %s. Wall time %.1f min, %d parallel runs of one thread." % (
-                 machine, elapsed / 60, args.jobs),
+def fmt_interval(triple, percent=False):
+    mean, low, high = triple
+    scale = 100 if percent else 1
+    if not math.isfinite(mean):
+        return "n/a"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "%+.2f" % (scale * mean)
+    mark = "**" if low > 0 or high < 0 else ""   # resolved: the interval excludes 0
+    return "%s%+.2f [%+.2f, %+.2f]%s" % (mark, scale * mean, scale * low, scale * high, mark)
+
+
+def describe_change(schedule_name, index):
+    worlds = [w for w, _ in SCHEDULES[schedule_name]]
+    return "%d → %d" % (worlds[index], worlds[index + 1])
+
+
+def markdown_tables(analysis, meta):
+    args = meta["args"]
+    lines = ["Command: `%s`  " % meta["command"],
+             "Machine: %s. Wall time %.1f min with %d parallel runs of one thread; load average "
+             "(1 min) %.1f at the start, %.1f at the end, %.1f on average over the runs' ends." % (
+                 meta["machine"], meta["elapsed_seconds"] / 60, args["jobs"], meta["load_start"],
+                 meta["load_end"], meta["load_mean"]),
              "",
-             "Per-worker batch %d; base LRs are per %d samples and scale linearly with the global "
-             "batch; momentum %.2f, wd %g, warmup over the first %d samples. Mean ± std over %d "
-             "seeds. *Spike*: mean training loss over the first %d iterations after the change; "
-             "*peak*: largest training loss in the first %d (both windows end at the next change, "
-             "if sooner); *acc@change*: test accuracy (%%) at the end of the epoch of the change; "
-             "*loss before*: mean over the %d iterations before it. For the static world the same "
-             "epoch boundary is measured, without a change. *diverged*: some seed's loss "
-             "overflowed."
-             % (args.local_batch_size, args.local_batch_size, args.momentum, args.wd,
-                args.warmup_samples, args.seeds, args.spike_window, args.peak_window,
-                args.spike_window), ""]
-    for schedule_name in args.schedules:
-        scaled, num_epochs = scaled_epochs(schedule_name, args)
-        worlds = " → ".join("%d (epoch %d)" % (w, e) for e, w in scaled)
-        lines += ["### Schedule `%s`: world %s, %d epochs" % (schedule_name, worlds, num_epochs), ""]
-        for lr in args.lrs:
-            header = ["method", "final test acc (%)"]
-            for change_epoch in change_epochs(scaled, num_epochs):
-                label = describe_change(scaled, change_epoch)
-                header += ["%s: loss before" % label, "spike", "peak", "acc@change (%)"]
-            lines += ["**base LR %g** (per %d samples)" % (lr, args.local_batch_size), "",
-                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            for method in args.methods:
-                entry = table.get((schedule_name, lr, method))
-                if entry is None:
-                    continue
-                row = [METHOD_LABELS[method], fmt(entry["final_test_accuracy"], percent=True)]
-                for change in entry["changes"]:
-                    row += [fmt(change["loss_before"]), fmt(change["spike_loss"]),
-                            fmt(change["peak_loss"]),
-                            fmt(change["test_accuracy_change_epoch"], percent=True)]
-                lines.append("| " + " | ".join(row) + " |")
-            lines.append("")
+             "Model `%s`, %d training images (one epoch), %d test images, per-worker batch %d "
+             "(base batch of the LRs), momentum %g, wd %g, warmup over %g epoch; %d seeds, paired. "
+             "Cells: mean ± std over seeds. *spike*: mean training loss over the %d steps from the "
+             "change; *peak*: largest in the first %d; *acc +1 ep*: test accuracy one epoch of "
+             "samples after the change (at the end of the run when that is sooner); *to static "
+             "acc*: iterations until the test accuracy first reached the static small world's "
+             "final mean (evaluated every 1/%d epoch; n/r: not reached). A run *diverged* when "
+             "its loss overflowed or its training loss ended above ln 10 (chance); such runs are "
+             "counted in the *div.* column and kept in the statistics."
+             % (args["model"], args["train_samples"], meta.get("test_samples", 0),
+                args["local_batch_size"],
+                args["momentum"],
+                args["wd"], args["warmup_epochs"], args["seeds"], args["spike_window"],
+                args["peak_window"], args["evals_per_epoch"]), ""]
+    for key, cell in analysis.items():
+        schedule_name, lr = cell["schedule"], cell["lr"]
+        worlds = " → ".join("%d (%g ep)" % (w, e) for w, e in SCHEDULES[schedule_name])
+        lines += ["### `%s`, base LR %g: world %s" % (schedule_name, lr, worlds), ""]
+        header = ["method", "div.", "final acc (%)", "to static acc (iters)"]
+        num_changes = len(SCHEDULES[schedule_name]) - 1
+        for index in range(num_changes):
+            header += ["%s spike" % describe_change(schedule_name, index), "peak", "acc +1 ep (%)"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in args["methods"]:
+            entry = cell["methods"].get(method)
+            if entry is None:
+                continue
+            reached = [v for v in entry["reached_iterations"] if v is not None]
+            reached_text = ("%.0f" % statistics.fmean(reached) if reached else "n/r") + (
+                "" if len(reached) == len(entry["reached_iterations"]) or not reached
+                else " (%d n/r)" % (len(entry["reached_iterations"]) - len(reached)))
+            row = [METHOD_LABELS[method], "%d/%d" % (entry["diverged"], len(entry["seeds"])),
+                   fmt(entry["final_test_accuracy"], percent=True), reached_text]
+            for change in entry["changes"]:
+                row += [fmt(change["spike_loss"]), fmt(change["peak_loss"]),
+                        fmt(change["accuracy_epoch_after"], percent=True)]
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "Paired differences, Dynamic SGD minus baseline (mean [95 % interval] over "
+                  "seeds; **bold**: the interval excludes 0). Accuracy in points; spike loss: "
+                  "negative is better.", ""]
+        header = ["Dynamic SGD", "baseline", "final acc"]
+        for index in range(num_changes):
+            header += ["%s spike" % describe_change(schedule_name, index), "acc +1 ep"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in cell["comparisons"]:
+            values = [METHOD_LABELS[row["dynamic"]], METHOD_LABELS[row["baseline"]],
+                      fmt_interval(row["final_test_accuracy"], percent=True)]
+            for index in range(num_changes):
+                values += [fmt_interval(row["change%d_spike_loss" % (index + 1)]),
+                           fmt_interval(row["change%d_accuracy_epoch_after" % (index + 1)],
+                                        percent=True)]
+            lines.append("| " + " | ".join(values) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
-def write_csv(path, results, args):
+def write_csv(path, results, args, analysis):
     with open(path, "w", newline="") as fout:
         writer = csv.writer(fout)
-        writer.writerow(["schedule", "method", "lr", "seed", "change_epoch", "change_iteration",
-                         "loss_before", "spike_loss", "peak_loss", "test_accuracy_change_epoch",
-                         "final_test_accuracy", "seconds"])
+        writer.writerow(["schedule", "lr", "method", "seed", "diverged", "change", "change_samples",
+                         "loss_before", "spike_loss", "peak_loss", "accuracy_epoch_after",
+                         "final_test_accuracy", "iterations_to_static_accuracy", "seconds"])
         for result in results:
             config = result["config"]
-            metrics = run_metrics(result, args.spike_window, args.peak_window)
-            for change in metrics["changes"]:
-                writer.writerow([config["schedule_name"], config["method"], config["lr"],
-                                 config["seed"], change["change_epoch"], change["change_iteration"],
-                                 "%.6f" % change["loss_before"], "%.6f" % change["spike_loss"],
-                                 "%.6f" % change["peak_loss"],
-                                 "%.4f" % change["test_accuracy_change_epoch"],
-                                 "%.4f" % metrics["final_test_accuracy"], "%.1f" % result["seconds"]])
+            target = analysis["%s|%g" % (config["schedule"], config["lr"])]["target_accuracy"]
+            metrics = run_metrics(result, args.spike_window, args.peak_window, target)
+            for index, change in enumerate(metrics["changes"]):
+                writer.writerow([
+                    config["schedule"], config["lr"], config["method"], config["seed"],
+                    int(result["diverged"]), index + 1, change["change_samples"],
+                    "%.5g" % change["loss_before"], "%.5g" % change["spike_loss"],
+                    "%.5g" % change["peak_loss"], "%.4f" % change["accuracy_epoch_after"],
+                    "%.4f" % metrics["final_test_accuracy"],
+                    metrics["reached"]["iterations"] if metrics["reached"] else "",
+                    "%.1f" % result["seconds"]])
 
 
-def plot_changes(results, args, out):
-    """One PNG per (schedule, change, LR): rows LR / world / loss / momentum norm, columns methods."""
+def plot_all(results, args, analysis, out):
+    """Per-change figures, the summary of final accuracy and the accuracy curves."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    before, after = args.plot_window
     paths = []
-    for schedule_name in args.schedules:
-        scaled, num_epochs = scaled_epochs(schedule_name, args)
-        for change_index, change_epoch in enumerate(change_epochs(scaled, num_epochs)):
-            for lr in args.lrs:
-                methods = [m for m in args.methods if any(
-                    r["config"]["schedule_name"] == schedule_name and r["config"]["lr"] == lr
-                    and r["config"]["method"] == m for r in results)]
-                fig, axes = plt.subplots(4, len(methods), figsize=(2.6 * len(methods), 8.5),
-                                         sharex=True, sharey="row", squeeze=False)
-                for column, method in enumerate(methods):
-                    runs = [r for r in results if r["config"]["schedule_name"] == schedule_name
-                            and r["config"]["lr"] == lr and r["config"]["method"] == method]
-                    for seed_index, run in enumerate(runs):
-                        start = run["epoch_starts"][change_epoch]
-                        low, high = max(0, start - before), min(len(run["trace"]["loss"]), start + after)
-                        x = np.arange(low, high) - start
-                        for row, key in enumerate(("lr", "world_size", "loss", "momentum_norm")):
-                            values = run["trace"][key][low:high]
-                            if row < 2 and seed_index > 0:
-                                continue  # LR and world are the same for every seed
-                            axes[row][column].plot(x, values, lw=1, alpha=0.8 if row < 2 else 0.6)
-                    axes[0][column].set_title(METHOD_LABELS[method], fontsize=8)
-                    for row in range(4):
-                        axes[row][column].axvline(0, color="grey", lw=0.6, ls="--")
-                    axes[3][column].set_xlabel("iterations after change")
-                for row, name in enumerate(("LR", "world size", "train loss\n(each seed)",
-                                            "momentum buffer norm\n(v-form, holds the LR)")):
-                    axes[row][0].set_ylabel(name, fontsize=8)
-                axes[1][0].set_yscale("log", base=2)
-                axes[3][0].set_yscale("log")
-                fig.suptitle("%s, %s, base LR %g" % (
-                    schedule_name, describe_change(scaled, change_epoch), lr), fontsize=10)
-                fig.tight_layout()
-                name = "convergence_%s_change%d_lr%g.png" % (schedule_name, change_index + 1, lr)
-                fig.savefig(os.path.join(out, name), dpi=80)
-                plt.close(fig)
-                paths.append(name)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for key, cell in analysis.items():
+        schedule_name, lr = cell["schedule"], cell["lr"]
+        runs = [r for r in results if r["config"]["schedule"] == schedule_name
+                and r["config"]["lr"] == lr]
+        methods = [m for m in args.methods if any(r["config"]["method"] == m for r in runs)]
+        for index in range(len(SCHEDULES[schedule_name]) - 1):
+            fig, axes = plt.subplots(4, len(methods), figsize=(2.4 * len(methods), 8.5),
+                                     sharex=True, sharey="row", squeeze=False)
+            for column, method in enumerate(methods):
+                method_runs = [r for r in runs if r["config"]["method"] == method]
+                for row, name in enumerate(("lr", "world_size", "loss", "momentum_norm")):
+                    ax = axes[row][column]
+                    curves = []
+                    for run in method_runs:
+                        window = run["windows"][index]
+                        if window["iteration"] is None:
+                            continue
+                        x = np.array(window["offset"])
+                        y = np.array([float(v) for v in window[name]])
+                        ax.plot(x, y, lw=0.6, alpha=0.5, color=colours[row % len(colours)])
+                        curves.append((x, y))
+                    if curves and all(len(c[0]) == len(curves[0][0]) for c in curves):
+                        ax.plot(curves[0][0], np.mean([c[1] for c in curves], axis=0), lw=1.6,
+                                color="black")
+                    ax.axvline(0, color="grey", lw=0.6, ls="--")
+                axes[0][column].set_title(METHOD_LABELS[method], fontsize=7)
+                axes[3][column].set_xlabel("steps from change", fontsize=7)
+            for row, name in enumerate(("LR", "world size", "training loss\n(log)",
+                                        "momentum norm\n(v-form, holds LR)")):
+                axes[row][0].set_ylabel(name, fontsize=8)
+            axes[1][0].set_yscale("log", base=2)
+            axes[2][0].set_yscale("log")
+            axes[3][0].set_yscale("log")
+            fig.suptitle("%s, base LR %g: change %d, world %s (thin: seeds, thick: mean)" % (
+                schedule_name, lr, index + 1, describe_change(schedule_name, index)), fontsize=10)
+            fig.tight_layout()
+            name = "convergence_%s_lr%g_change%d.png" % (schedule_name, lr, index + 1)
+            fig.savefig(os.path.join(out, name), dpi=72)
+            plt.close(fig)
+            paths.append(name)
+    # Summary: final accuracy per method with 95 % intervals of the mean, one panel per cell.
+    cells = list(analysis.values())
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 4.8), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        methods = [m for m in args.methods if m in cell["methods"]]
+        for y, method in enumerate(methods):
+            values = np.array(cell["methods"][method]["final_test_accuracy"]) * 100
+            mean = values.mean()
+            half = (T_975.get(len(values), 1.96) * values.std(ddof=1) / math.sqrt(len(values))
+                    if len(values) > 1 else 0.0)
+            ax.errorbar(mean, y, xerr=half, fmt="o", color="black", capsize=3)
+            ax.scatter(values, [y] * len(values), s=10, color=colours[0], alpha=0.6, zorder=3)
+            if cell["methods"][method]["diverged"]:
+                ax.annotate("%d diverged" % cell["methods"][method]["diverged"], (mean, y),
+                            fontsize=7, color="red", xytext=(4, 4), textcoords="offset points")
+        ax.set_yticks(range(len(methods)))
+        ax.set_yticklabels([METHOD_LABELS[m] for m in methods], fontsize=7)
+        ax.invert_yaxis()
+        if cell["target_accuracy"] is not None:
+            ax.axvline(cell["target_accuracy"] * 100, color="grey", lw=0.6, ls="--")
+        ax.set_xlabel("final test accuracy (%), mean and 95 % interval", fontsize=8)
+        ax.set_title("%s, base LR %g" % (cell["schedule"], cell["lr"]), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "convergence_summary.png"), dpi=72)
+    plt.close(fig)
+    paths.append("convergence_summary.png")
+    # Test accuracy against samples, mean over seeds, one panel per cell.
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.8), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        for number, method in enumerate(m for m in args.methods if m in cell["methods"]):
+            method_runs = [r for r in results if r["config"]["schedule"] == cell["schedule"]
+                           and r["config"]["lr"] == cell["lr"] and r["config"]["method"] == method]
+            length = min(len(r["evals"]["samples"]) for r in method_runs)
+            x = np.array(method_runs[0]["evals"]["samples"][:length]) / args.train_samples
+            y = np.mean([r["evals"]["test_accuracy"][:length] for r in method_runs], axis=0)
+            ax.plot(x, 100 * y, lw=1, label=METHOD_LABELS[method],
+                    color=colours[number % len(colours)], ls="-" if number < 10 else "--")
+        for point in change_points(cell["schedule"], args.train_samples):
+            ax.axvline(point / args.train_samples, color="grey", lw=0.6, ls="--")
+        ax.set_ylim(60, 92)
+        ax.set_xlabel("epochs", fontsize=8)
+        ax.set_ylabel("test accuracy (%)", fontsize=8)
+        ax.set_title("%s, base LR %g" % (cell["schedule"], cell["lr"]), fontsize=9)
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "convergence_curves.png"), dpi=72)
+    plt.close(fig)
+    paths.append("convergence_curves.png")
     return paths
-
-
-def scaled_epochs(schedule_name, args):
-    """Schedule and epoch count after ``--epoch-scale`` (changes kept at distinct epochs >= 1)."""
-    schedule = SCHEDULES[schedule_name]
-    num_epochs = SCHEDULE_EPOCHS[schedule_name]
-    if args.epoch_scale == 1.0:
-        return schedule, num_epochs
-    scaled, last = [schedule[0]], 0
-    for epoch, world_size in schedule[1:]:
-        last = max(last + 1, int(round(epoch * args.epoch_scale)))
-        scaled.append((last, world_size))
-    return scaled, max(last + 1, int(round(num_epochs * args.epoch_scale)))
 
 
 def machine_description():
@@ -461,92 +871,116 @@ def update_readme(path, block, begin=README_BEGIN, end=README_END):
         fout.write(text)
 
 
+def write_reports(results, args, meta):
+    """Tables, CSV, figures and the README block from the raw runs (also for --render-only)."""
+    analysis = analyse(results, args)
+    markdown = markdown_tables(analysis, meta)
+    plots = plot_all(results, args, analysis, args.out)
+    with open(os.path.join(args.out, "convergence.md"), "w") as fout:
+        fout.write("# When Dynamic SGD helps: the study's tables\n\n" + markdown + "\n"
+                   + "\n".join("![%s](%s)" % (p, p) for p in plots) + "\n")
+    write_csv(os.path.join(args.out, "convergence.csv"), results, args, analysis)
+    with open(os.path.join(args.out, "convergence_analysis.json"), "w") as fout:
+        json.dump(analysis, fout, indent=1)
+    if args.readme:
+        folder = os.path.relpath(os.path.abspath(args.out),
+                                 os.path.dirname(os.path.abspath(args.readme))).replace(os.sep, "/")
+        link = lambda p: p if folder == os.curdir else "%s/%s" % (folder, p)
+        block = markdown + "\n" + "\n\n".join("![%s](%s)" % (p, link(p)) for p in plots)
+        update_readme(args.readme, block)
+    return plots
+
+
 def _init_worker():
-    # One thread per run: runs go in parallel and the machine has few cores. Spawned workers run
-    # this before any run imports MXNet (nothing at module level imports it), so it takes effect.
+    # One thread per run: two runs share the two cores. Spawned workers run this before any run
+    # imports MXNet (nothing at module level imports it), so it takes effect.
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MXNET_ENGINE_TYPE"] = "NaiveEngine"
 
 
-def write_reports(results, args, command, elapsed, machine):
-    """Tables, CSV, JSON, plots and the README block from the finished runs."""
-    table = aggregate(results, args)
-    markdown = markdown_tables(table, args, machine, command, elapsed)
-    plots = plot_changes(results, args, args.out)
-    with open(os.path.join(args.out, "convergence.md"), "w") as fout:
-        fout.write("# Convergence under elastic world changes\n\n" + markdown + "\n"
-                   + "\n".join("![%s](%s)" % (p, p) for p in plots) + "\n")
-    write_csv(os.path.join(args.out, "convergence.csv"), results, args)
-    summary = [{"schedule": key[0], "lr": key[1], "method": key[2], **value}
-               for key, value in table.items()]
-    with open(os.path.join(args.out, "convergence.json"), "w") as fout:
-        json.dump({"command": command, "machine": machine, "elapsed_seconds": elapsed,
-                   "args": vars(args), "methods": METHODS, "schedules": SCHEDULES,
-                   "summary": summary, "runs": results, "plots": plots}, fout)
-    if args.readme:
-        folder = os.path.relpath(os.path.abspath(args.out),
-                                 os.path.dirname(os.path.abspath(args.readme)))
-        block = markdown + "\n\nLR, world size, training loss (each seed) and momentum-buffer " \
-            "norm around each change, one column per method:\n\n" + "\n\n".join(
-                "![%s](%s)" % (p, p if folder == os.curdir
-                               else "%s/%s" % (folder.replace(os.sep, "/"), p)) for p in plots)
-        update_readme(args.readme, block)
-    return plots
+def _config_key(config):
+    return (config["schedule"], config["lr"], config["method"], config["seed"])
+
+
+def save_raw(path, meta, results):
+    """The raw JSON: settings, machine, load and every run (written after each run)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fout:
+        json.dump(dict(meta, runs=results), fout, separators=(",", ":"))
+    os.replace(tmp, path)
 
 
 def main(argv=None):
     from gluon_elastic.progress import progress, write
 
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    raw_path = os.path.join(args.out, "convergence.json")
     if args.render_only:
-        # Re-render from the raw runs of an earlier invocation, with its settings.
-        with open(os.path.join(args.out, "convergence.json")) as fin:
+        with open(raw_path) as fin:
             saved = json.load(fin)
-        for name in ("lrs", "seeds", "methods", "schedules", "local_batch_size", "momentum", "wd",
-                     "warmup_samples", "train_samples", "epoch_scale", "jobs",
-                     "fixed_global_batch_size"):
-            setattr(args, name, saved["args"][name])
-        write_reports(saved["runs"], args, saved["command"], saved["elapsed_seconds"],
-                      saved["machine"])
+        for name, value in saved["args"].items():
+            if name not in ("render_only", "out", "readme"):
+                setattr(args, name, value)
+        write_reports(saved["runs"], args, saved)
         print("re-rendered %s from %d saved runs" % (args.out, len(saved["runs"])))
         return 0
-    configs = []
-    for schedule_name in args.schedules:
-        schedule, num_epochs = scaled_epochs(schedule_name, args)
-        for lr in args.lrs:
-            for method in args.methods:
-                for seed in range(args.seeds):
-                    configs.append({
-                        "schedule_name": schedule_name, "schedule": schedule, "epochs": num_epochs,
-                        "method": method, "lr": lr, "seed": seed,
-                        "local_batch_size": args.local_batch_size,
-                        "fixed_global_batch_size": args.fixed_global_batch_size,
-                        "momentum": args.momentum, "wd": args.wd,
-                        "warmup_samples": args.warmup_samples, "train_samples": args.train_samples})
-    # Longest runs first, so the pool's tail stays short.
-    configs.sort(key=lambda c: -c["epochs"])
-    tic = time.time()
-    results = []
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(args.jobs, initializer=_init_worker) as pool:
-        # A bar on a terminal; elsewhere the line per finished run is the progress.
-        runs = progress(pool.imap_unordered(run_one, configs), total=len(configs),
-                        desc="convergence runs", enabled=sys.stderr.isatty())
-        for done, result in enumerate(runs, 1):
-            results.append(result)
-            config = result["config"]
-            write("[%3d/%d] %-15s %-21s lr %-5g seed %d: final acc %.4f (%.0f s)" % (
-                done, len(configs), config["schedule_name"], config["method"], config["lr"],
-                config["seed"], result["test_accuracy"][-1], result["seconds"]))
-    elapsed = time.time() - tic
-    results.sort(key=lambda r: (r["config"]["schedule_name"], r["config"]["lr"],
-                                args.methods.index(r["config"]["method"]), r["config"]["seed"]))
+    configs = make_configs(args)
+    # Seeds outermost: a study stopped early still holds whole seeds of every cell. Within a seed,
+    # the slow AdaScale runs first, so the pool's tail stays short.
+    configs.sort(key=lambda c: (c["seed"], c["method"] != "adascale"))
+    print(plan_text(configs, args), flush=True)
+    if args.dry_run:
+        ensure_data(args.data_dir)
+        tiny = dry_run_config(configs[0], args)
+        result = run_one(tiny)
+        print("[convergence] dry run: %s on %s, %d steps, test accuracy %.3f (%.1f s)" % (
+            tiny["model"], tiny["context"], result["iterations"], result["final_test_accuracy"],
+            result["seconds"]), flush=True)
+        return 0
+    ensure_data(args.data_dir)
+    os.makedirs(args.out, exist_ok=True)
     command = "python benchmarks/convergence.py" + "".join(
         " " + arg for arg in (sys.argv[1:] if argv is None else argv))
-    write_reports(results, args, command, elapsed, machine_description())
-    print("wrote %s (%d runs, %.1f min)" % (args.out, len(results), elapsed / 60))
+    meta = {"command": command, "machine": machine_description(), "args": vars(args),
+            "methods": METHODS, "schedules": SCHEDULES, "load_start": os.getloadavg()[0]}
+    tic = time.time()
+    results, loads = [], []
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.jobs, initializer=_init_worker) as pool:
+        runs = progress(pool.imap_unordered(run_one, configs), total=len(configs),
+                        desc="convergence runs")
+        for done, result in enumerate(runs, 1):
+            results.append(result)
+            loads.append(os.getloadavg()[0])
+            config = result["config"]
+            write("[%3d/%d] %-7s lr %-5g %-18s seed %d: final acc %.4f%s (%.0f s, load %.1f)" % (
+                done, len(configs), config["schedule"], config["lr"], config["method"],
+                config["seed"], result["final_test_accuracy"],
+                " DIVERGED" if result["diverged"] else "", result["seconds"], loads[-1]))
+            meta.update(elapsed_seconds=time.time() - tic, load_end=loads[-1],
+                        test_samples=result["test_samples"],
+                        load_mean=statistics.fmean(loads), complete=done == len(configs))
+            save_raw(raw_path, meta, results)
+    order = {key: index for index, key in enumerate(
+        sorted((_config_key(c) for c in configs),
+               key=lambda k: (k[0], k[1], args.methods.index(k[2]), k[3])))}
+    results.sort(key=lambda r: order[_config_key(r["config"])])
+    save_raw(raw_path, meta, results)
+    write_reports(results, args, meta)
+    print("wrote %s (%d runs, %.1f min, load %.1f -> %.1f)" % (
+        args.out, len(results), meta["elapsed_seconds"] / 60, meta["load_start"], meta["load_end"]))
     return 0
+
+
+def dry_run_config(config, args):
+    """A few hundred samples of ``config``'s schedule, on CPU, for --dry-run."""
+    unit = args.local_batch_size * max(w for w, _ in config["phases"])
+    unit = max(unit, args.fixed_global_batch_size)
+    tiny = dict(config, context="cpu", train_samples=config["train_samples"],
+                phases=[(w, unit) for w, _ in config["phases"]], eval_every=unit,
+                warmup_samples=unit // 2, window=[2, 4])
+    tiny["changes"] = [unit * (i + 1) for i in range(len(tiny["phases"]) - 1)]
+    return tiny
 
 
 if __name__ == "__main__":
