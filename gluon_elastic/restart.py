@@ -61,8 +61,6 @@ ENV = {
     "launch_time": "GLUON_ELASTIC_LAUNCH_TIME",      # time.time() when the process was spawned
     "launch_index": "GLUON_ELASTIC_LAUNCH_INDEX",
 }
-# Far above the trainer's parameter keys and the backend's broadcast keys (1 << 30 upwards).
-_STOP_FLAG_KEY = (1 << 29) + 1
 
 
 def supervised():
@@ -92,7 +90,7 @@ class RestartAgent:
     Parameters
     ----------
     backend : gluon_elastic.backends.Backend
-        The trainer's backend (``trainer.backend``); a distributed KVStore carries the stop vote.
+        The trainer's backend (``trainer.backend``); it carries the stop vote.
     state : object
         Anything with ``state_dict()`` and ``load_state_dict(d)`` (``gluon_elastic.state.ElasticState``).
     checkpoint_dir : str, optional
@@ -143,15 +141,6 @@ class RestartAgent:
         self._requested = threading.Event()
         self._closed = threading.Event()
         self._last_heartbeat = None
-        self._flag = None
-        kvstore = getattr(backend, "kvstore", None)
-        self._kvstore = kvstore if kvstore is not None and not isinstance(kvstore, str) \
-            and "dist" in getattr(kvstore, "type", "") else None
-        if self._kvstore is not None:
-            import mxnet as mx  # only workers of a KVStore group get here
-            self._flag = mx.nd.zeros((1,))
-            # init is collective on a dist store (rank 0 pushes, then a barrier).
-            self._kvstore.init(_STOP_FLAG_KEY, mx.nd.zeros((1,)))
         if supervised():
             threading.Thread(target=self._read_requests, name="gluon_elastic-requests").start()
         self.heartbeat(None, force=True)
@@ -286,13 +275,11 @@ class RestartAgent:
 
     def agree_stop(self):
         """Collective: True on every rank when any rank was asked to stop."""
-        if self._kvstore is None:
-            if self.backend.world_size == 1:
-                return self._requested.is_set()
-            return any(self.backend.allgather_object(self._requested.is_set(), name="stop_vote"))
-        self._flag[:] = 1.0 if self._requested.is_set() else 0.0
-        self._kvstore.pushpull(_STOP_FLAG_KEY, self._flag, out=self._flag)
-        return float(self._flag.asscalar()) > 0.0
+        if self.backend.world_size == 1:
+            return self._requested.is_set()
+        # One scalar sum over the workers (a reused key on a KVStore).
+        votes = self.backend.sum_over_workers([1.0 if self._requested.is_set() else 0.0])
+        return float(votes[0]) > 0.0
 
     def after_step(self, step):
         """Call after every optimizer step with the trainer's iteration; True means stop now.

@@ -51,7 +51,11 @@ def _compiler():
 
 def _flags():
     """Compiler flags; on x86-64 CPUs with F16C, float16 conversions in hardware."""
-    flags = ["-O3", "-std=c++17", "-shared", "-fPIC"]
+    # -Bsymbolic binds the library's references to its own definitions: another extension of
+    # the process may carry its own, different copy of lib_api's C++ classes (Horovod's MXNet
+    # module does), and the dynamic linker would otherwise resolve ours to it (a crash while
+    # the library registers its operators).
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-Wl,-Bsymbolic"]
     if platform.machine() in ("x86_64", "AMD64"):
         try:
             with open("/proc/cpuinfo") as fin:

@@ -478,3 +478,16 @@ def test_adascale_refuses_emulated_workers_without_their_noise():
     backward(net, np.ones((12, DIM)), np.ones(12))
     with pytest.raises(ValueError, match="worker_noise"):
         trainer.step()
+
+
+def test_kernels_load_beside_horovod():
+    """Horovod's MXNet module carries its own copy of MXNet's library-API classes; loading the
+    kernels after it must bind to the library's own (it crashed while registering operators)."""
+    pytest.importorskip("horovod.mxnet")
+    code = ("import horovod.mxnet\n"
+            "from gluon_elastic import kernels\n"
+            "assert kernels.load(), 'the kernels did not load'\n"
+            "print('loaded')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-3000:]
