@@ -4,7 +4,9 @@
 
 Every process gets the ``DMLC_*`` variables of its role on a free loopback port; the servers and the
 scheduler run ``python -c "import mxnet"`` (MXNet starts its server loop on import when
-``DMLC_ROLE`` says so). Output is streamed line by line with a ``[worker 0]`` style prefix.
+``DMLC_ROLE`` says so). Each worker also gets its index among the workers of its host
+(``GLUON_ELASTIC_LOCAL_RANK``, ``GLUON_ELASTIC_LOCAL_SIZE``), which picks its GPU; ``--dry-run``
+prints that plan (:func:`process_plan`) without starting anything. Output is streamed line by line with a ``[worker 0]`` style prefix.
 SIGINT/SIGTERM are forwarded to the whole group. The launcher returns the first non-zero exit code
 of any process (a failed worker stops the others, since ps-lite survivors would block forever), or
 0 when every worker succeeded; no process of the group outlives it.
@@ -19,8 +21,9 @@ import threading
 import time
 
 from .flags import positive_int
+from .restart import ENV
 
-__all__ = ["Group", "free_port", "main"]
+__all__ = ["Group", "free_port", "process_plan", "format_plan", "main"]
 
 
 def free_port(host="127.0.0.1"):
@@ -28,6 +31,40 @@ def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def process_plan(slot_hosts):
+    """Who runs where: one entry per worker slot, in rank order.
+
+    Parameters
+    ----------
+    slot_hosts : list of str
+        The host of each worker slot (``['a', 'a', 'b', ...]``; a host's slots are contiguous
+        when they come from a ``HOST:SLOTS`` list).
+
+    Returns
+    -------
+    list of dict
+        ``host``, ``rank``, ``local_rank`` (index among the workers of that host) and
+        ``local_size`` of each worker. A worker drives GPU ``local_rank`` (of the GPUs its host
+        shows it). Horovod ranks follow this order; ps-lite (KVStore) numbers the workers itself,
+        so there ``rank`` is the launch order.
+    """
+    plan, seen = [], {}
+    sizes = {host: slot_hosts.count(host) for host in slot_hosts}
+    for rank, host in enumerate(slot_hosts):
+        local_rank = seen.get(host, 0)
+        seen[host] = local_rank + 1
+        plan.append({"host": host, "rank": rank, "local_rank": local_rank,
+                     "local_size": sizes[host]})
+    return plan
+
+
+def format_plan(plan):
+    """One line per worker: ``host=H rank=R local_rank=L device=gpu(L)``."""
+    return "\n".join("host=%s rank=%d local_rank=%d device=gpu(%d)"
+                     % (entry["host"], entry["rank"], entry["local_rank"], entry["local_rank"])
+                     for entry in plan)
 
 
 class Group:
@@ -104,11 +141,17 @@ class Group:
         self._spawn("scheduler", "scheduler", server_cmd)
         for index in range(self.num_servers):
             self._spawn("server %d" % index, "server", server_cmd)
-        for index in range(self.num_workers):
+        for entry in self.plan():
             # ps-lite assigns ranks itself; the launch index is only a label and a hint.
-            self._spawn("worker %d" % index, "worker", self.command,
-                        {"GLUON_ELASTIC_LAUNCH_INDEX": str(index)})
+            self._spawn("worker %d" % entry["rank"], "worker", self.command,
+                        {ENV["launch_index"]: str(entry["rank"]),
+                         ENV["local_rank"]: str(entry["local_rank"]),
+                         ENV["local_size"]: str(entry["local_size"])})
         return self
+
+    def plan(self):
+        """The workers' :func:`process_plan` (all on this machine)."""
+        return process_plan(["localhost"] * self.num_workers)
 
     def workers(self):
         return {name: proc for name, proc in self.procs.items() if name.startswith("worker")}
@@ -189,6 +232,8 @@ def parse_args(argv=None):
                         help="server processes")
     parser.add_argument("--timeout", type=float, default=None,
                         help="stop the group after this many seconds (exit code 124)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the process plan (host, rank, local rank, device) and exit")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="worker command, after '--'")
     args = parser.parse_args(argv)
@@ -203,6 +248,9 @@ def main(argv=None):
     """Command-line entry point; returns the exit code."""
     args = parse_args(argv)
     group = Group(args.command, args.num_workers, args.num_servers)
+    if args.dry_run:
+        print(format_plan(group.plan()))
+        return 0
 
     def forward(signum, _frame):
         group.signal(signum)

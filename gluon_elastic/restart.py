@@ -60,6 +60,8 @@ ENV = {
     "checkpoint_dir": "GLUON_ELASTIC_CHECKPOINT_DIR",
     "launch_time": "GLUON_ELASTIC_LAUNCH_TIME",      # time.time() when the process was spawned
     "launch_index": "GLUON_ELASTIC_LAUNCH_INDEX",
+    "local_rank": "GLUON_ELASTIC_LOCAL_RANK",        # this worker's index among its host's
+    "local_size": "GLUON_ELASTIC_LOCAL_SIZE",        # workers of this job on this host
 }
 
 

@@ -26,11 +26,15 @@ TorchElastic does for PyTorch:
 * **Failure**: a process of the group that exits non-zero, or a worker with no progress marker
   for ``--progress-timeout`` seconds (default 30; ``--start-timeout`` before its first marker),
   makes the supervisor kill the whole group (no survivor is left blocked) and relaunch it from the
-  last saved state. After ``--max-restarts`` such restarts it gives up with a message naming the
-  cause and the last checkpoint, and returns the failing exit code. Workers report progress after
+  last saved state. After ``--max-restarts`` such restarts within ``--restart-window`` seconds
+  (default 3 per hour, a sliding window) it gives up with a message naming the cause and the last
+  checkpoint, and returns the failing exit code. Workers report progress after
   each step (at most once a second), so ``--progress-timeout`` must exceed the longest step plus a
   save: raise it for large models on slow devices (a ResNet-50 step at 32 images per worker takes
   about a minute on one CPU core).
+* **Devices**: worker ``i`` gets its index among the workers of its host
+  (``GLUON_ELASTIC_LOCAL_RANK``, see :func:`gluon_elastic.launch.process_plan`), which picks its
+  GPU; ``--dry-run`` prints the plan of the current membership.
 * **Generations**: each launch gets ``GLUON_ELASTIC_GENERATION`` (0, 1, ...), the checkpoint
   directory in ``GLUON_ELASTIC_CHECKPOINT_DIR`` and the spawn time in
   ``GLUON_ELASTIC_LAUNCH_TIME``. Worker output is prefixed ``[g<generation> worker <i>@<host>]``;
@@ -61,7 +65,7 @@ import threading
 import time
 
 from .flags import non_negative_int, positive_float, positive_int
-from .launch import Group
+from .launch import Group, format_plan, process_plan
 from .restart import ENV, PROGRESS_MARKER, SAVE_REQUEST, STOPPED_MARKER
 
 __all__ = ["Supervisor", "SupervisedGroup", "parse_hosts", "read_discovery", "is_local_host",
@@ -162,6 +166,10 @@ class SupervisedGroup(Group):
     def start(self):
         self.started_at = time.monotonic()
         return super().start()
+
+    def plan(self):
+        """The workers' :func:`gluon_elastic.launch.process_plan` over their hosts."""
+        return process_plan(self.slot_hosts)
 
     def _spawn(self, name, role, command, extra_env=None):
         if role != "worker":
@@ -274,7 +282,11 @@ class Supervisor:
     checkpoint_dir : str, optional
         Passed to the workers in ``GLUON_ELASTIC_CHECKPOINT_DIR``; named in failure messages.
     max_restarts : int
-        Relaunches after failures before giving up (resizes are not counted).
+        Relaunches after failures allowed within ``restart_window`` (resizes are not counted);
+        one more failure in the window ends the job.
+    restart_window : float
+        Seconds over which failures are counted: a job that fails now and then over days keeps
+        going, a job that fails over and over stops.
     progress_timeout : float
         Seconds without a progress marker from a worker before the group is declared hung; also
         the time workers get to stop after a save request.
@@ -297,7 +309,7 @@ class Supervisor:
     """
 
     def __init__(self, command, hosts=None, discovery=None, num_servers=1, checkpoint_dir=None,
-                 max_restarts=3, progress_timeout=30.0, start_timeout=120.0,
+                 max_restarts=3, restart_window=3600.0, progress_timeout=30.0, start_timeout=120.0,
                  discovery_interval=1.0, min_workers=1, max_workers=None, env=None, output=None,
                  root_uri=None, ssh_command=("ssh",), ssh_port=None):
         if (hosts is None) == (discovery is None):
@@ -306,6 +318,8 @@ class Supervisor:
             raise ValueError("no worker command given")
         if max_restarts < 0:
             raise ValueError("max_restarts must be >= 0, got %r" % (max_restarts,))
+        if not restart_window > 0:
+            raise ValueError("restart_window must be > 0 seconds, got %r" % (restart_window,))
         if not progress_timeout > 0 or not start_timeout > 0:
             raise ValueError("progress_timeout and start_timeout must be > 0, got %r and %r"
                              % (progress_timeout, start_timeout))
@@ -318,6 +332,8 @@ class Supervisor:
         self.num_servers = num_servers
         self.checkpoint_dir = os.path.abspath(checkpoint_dir) if checkpoint_dir else None
         self.max_restarts = max_restarts
+        self.restart_window = float(restart_window)
+        self.restart_times = []     # time.monotonic() of each restart after a failure
         self.progress_timeout = float(progress_timeout)
         self.start_timeout = float(start_timeout)
         self.discovery_interval = float(discovery_interval)
@@ -417,18 +433,26 @@ class Supervisor:
                 self.note("stopped by signal %d" % self._interrupted)
                 return 128 + self._interrupted
             if outcome.kind == "failed":
-                if self.restarts >= self.max_restarts:
-                    self.note("giving up: %s, and the restart limit is reached (--max-restarts %d "
-                              "used up). Last saved state: %s. Fix the cause and rerun the same "
-                              "command to resume from it."
-                              % (outcome.reason, self.max_restarts, self._last_checkpoint()))
+                now = time.monotonic()
+                self.restart_times = [t for t in self.restart_times
+                                      if now - t < self.restart_window]
+                if len(self.restart_times) >= self.max_restarts:
+                    self.note("giving up: %s, and the restart budget is used up (%d restarts "
+                              "after failures in the last %.0f s, --max-restarts %d per "
+                              "--restart-window %.0f s). Last saved state: %s. Fix the cause and "
+                              "rerun the same command to resume from it."
+                              % (outcome.reason, len(self.restart_times), self.restart_window,
+                                 self.max_restarts, self.restart_window,
+                                 self._last_checkpoint()))
                     # A signal death (-9) becomes the shell's convention (137).
                     return outcome.code if outcome.code > 0 else 128 - outcome.code \
                         if outcome.code < 0 else 1
                 self.restarts += 1
-                self.note("%s; killed the group, restart %d of %d from the last saved state (%s)"
-                          % (outcome.reason, self.restarts, self.max_restarts,
-                             self._last_checkpoint()))
+                self.restart_times.append(now)
+                self.note("%s; killed the group, restart %d (%d of %d allowed per %.0f s) from "
+                          "the last saved state (%s)"
+                          % (outcome.reason, self.restarts, len(self.restart_times),
+                             self.max_restarts, self.restart_window, self._last_checkpoint()))
             else:
                 self.note("membership changed to %s (%s); relaunching"
                           % (_format_hosts(outcome.hosts), outcome.reason))
@@ -513,7 +537,15 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint-dir", default=None,
                         help="checkpoint directory, passed to the workers (shared by all hosts)")
     parser.add_argument("--max-restarts", type=non_negative_int, default=3,
-                        help="relaunches after failures before giving up (default: %(default)s)")
+                        help="relaunches after failures allowed within --restart-window; one "
+                             "more failure in that window ends the job (default: %(default)s)")
+    parser.add_argument("--restart-window", type=positive_float, default=3600.0,
+                        help="seconds over which --max-restarts counts failures, so a long job "
+                             "on spot capacity is not ended by failures spread over days "
+                             "(default: %(default)s, i.e. 3 per hour)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the process plan (host, rank, local rank, device) of the "
+                             "current membership and exit")
     parser.add_argument("--progress-timeout", type=positive_float, default=30.0,
                         help="seconds without progress from a worker before the group is killed "
                              "and relaunched (default: %(default)s)")
@@ -553,10 +585,15 @@ def main(argv=None):
         args.command, hosts=args.host_list,
         discovery=None if args.host_list is not None else shlex.split(args.host_discovery_script),
         num_servers=args.num_servers, checkpoint_dir=args.checkpoint_dir,
-        max_restarts=args.max_restarts, progress_timeout=args.progress_timeout,
+        max_restarts=args.max_restarts, restart_window=args.restart_window,
+        progress_timeout=args.progress_timeout,
         start_timeout=args.start_timeout, discovery_interval=args.discovery_interval,
         min_workers=args.min_workers, max_workers=args.max_workers, root_uri=args.root_uri,
         ssh_command=shlex.split(args.ssh_command), ssh_port=args.ssh_port)
+
+    if args.dry_run:
+        print(format_plan(process_plan(world_of(supervisor.discover(), args.max_workers))))
+        return 0
 
     def forward(signum, _frame):
         supervisor.interrupt(signum)

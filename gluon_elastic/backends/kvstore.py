@@ -54,6 +54,14 @@ class KVStoreBackend(Backend):
     def world_size(self):
         return self.kvstore.num_workers
 
+    @property
+    def local_rank(self):
+        """Index among this host's workers, from the launcher (0 when started by hand)."""
+        import os
+
+        from ..restart import ENV
+        return int(os.environ.get(ENV["local_rank"], "0"))
+
     def barrier(self):
         self.kvstore._barrier()  # pylint: disable=protected-access
 

@@ -2,6 +2,7 @@
 
 That these modules import with MXNet blocked is checked in test_imports_without_mxnet.py.
 """
+import io
 import os
 import time
 
@@ -168,3 +169,72 @@ def test_agent_markers_under_supervisor(tmp_path, monkeypatch, capsys):
         os.close(write)
         os.close(read)
         os.close(saved_stdin)
+
+
+def test_process_plan_of_sixteen_hosts_of_eight_gpus():
+    from gluon_elastic.launch import format_plan, process_plan
+    slot_hosts = ["node%02d" % h for h in range(16) for _ in range(8)]
+    plan = process_plan(slot_hosts)
+    assert len(plan) == 128
+    assert [e["rank"] for e in plan] == list(range(128))
+    assert [(e["host"], e["local_rank"]) for e in plan[7:10]] == [("node00", 7), ("node01", 0),
+                                                                  ("node01", 1)]
+    assert all(e["local_size"] == 8 for e in plan)
+    assert format_plan(plan).splitlines()[9] == "host=node01 rank=9 local_rank=1 device=gpu(1)"
+
+
+def test_launchers_print_the_plan_without_starting_anything(capsys):
+    from gluon_elastic import launch, supervisor
+    hosts = ",".join("node%02d:8" % h for h in range(16))
+    assert supervisor.main(["-H", hosts, "--dry-run", "--", "python", "train.py"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 128
+    assert lines[0] == "host=node00 rank=0 local_rank=0 device=gpu(0)"
+    assert lines[127] == "host=node15 rank=127 local_rank=7 device=gpu(7)"
+    assert launch.main(["-n", "3", "--dry-run", "--", "python", "train.py"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "host=localhost rank=%d local_rank=%d device=gpu(%d)" % (i, i, i) for i in range(3)]
+
+
+def test_kvstore_worker_device_follows_its_local_rank(monkeypatch):
+    """recipe.choose_context picks GPU local_rank; the KVStore backend reads it from the
+    launcher's variable (a backend stand-in avoids starting a KVStore group)."""
+    from gluon_elastic.backends.kvstore import KVStoreBackend
+    monkeypatch.setenv("GLUON_ELASTIC_LOCAL_RANK", "5")
+    backend = KVStoreBackend.__new__(KVStoreBackend)   # no store: only local_rank is read
+    assert backend.local_rank == 5
+
+
+def test_restart_budget_counts_failures_in_a_sliding_window(monkeypatch):
+    """3 restarts allowed per window: failures spread over more than the window never end the
+    job; a fourth failure within one window does."""
+    from gluon_elastic.supervisor import Outcome, Supervisor
+    clock = [0.0]
+    monkeypatch.setattr("gluon_elastic.supervisor.time.monotonic", lambda: clock[0])
+
+    def run(failure_times):
+        failures = iter(failure_times)
+        sup = Supervisor(["true"], hosts=[("localhost", 1)], max_restarts=3, restart_window=100.0,
+                         output=io.StringIO())
+
+        class FakeGroup:
+            stop_requested_wall = None
+            def start(self):
+                return self
+            def stop(self):
+                pass
+
+        def watch(group, hosts):
+            try:
+                clock[0] = next(failures)
+            except StopIteration:
+                return Outcome("done")
+            return Outcome("failed", "worker 0 exited with code 1", 1)
+
+        monkeypatch.setattr("gluon_elastic.supervisor.SupervisedGroup",
+                            lambda *a, **k: FakeGroup())
+        sup._watch = watch
+        return sup.run(), sup.restarts
+
+    assert run([10.0, 60.0, 120.0, 180.0, 240.0, 300.0]) == (0, 6)   # at most 2 per 100 s
+    assert run([10.0, 20.0, 30.0, 40.0]) == (1, 3)                   # the fourth in 100 s stops
