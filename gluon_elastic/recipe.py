@@ -29,7 +29,9 @@ every recipe:
   a reset it is called again and continues from the sampler's position, split over the new world
   (the ``Batch`` counter of the log restarts then). On backends that are not elastic in place
   these calls cost a host copy at commits and nothing else.
-* **log format** (rank 0 only; GluonCV's fields, with world size and global batch added)::
+* **log format** (rank 0 only; GluonCV's fields, with world size and global batch added): the
+  lines come from a log format object (:mod:`gluon_elastic.recipe_log`; ``log_format`` of
+  :func:`fit`), by default::
 
     Epoch[E] Batch [B]\\tSpeed: S samples/sec\\tworld=W\\tglobal_batch=G\\tlr=L\\tloss=X
     [Epoch E] training: loss=X\\tworld=W\\tglobal_batch=G
@@ -327,10 +329,17 @@ class ElasticLoop:
     num_val_samples : int
         Size of the validation set (0: no evaluation).
     checkpoint : RecipeCheckpoint
+    log_format : gluon_elastic.recipe_log.RecipeLog, optional
+        Makes rank 0's progress lines (default: :class:`~gluon_elastic.recipe_log.RecipeLog`).
+    on_epoch_end : callable, optional
+        ``on_epoch_end(epoch, net, trainer, metrics)``, called on every rank after the epoch's
+        checkpoint (a recipe's own outputs, such as GluonCV's ``--save-dir`` files).
     """
 
     def __init__(self, args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
-                 num_val_samples, checkpoint):
+                 num_val_samples, checkpoint, log_format=None, on_epoch_end=None):
+        from .recipe_log import RecipeLog
+
         from .emulate import EmulatedWorkers
         from .metrics import MetricsWriter
 
@@ -344,6 +353,8 @@ class ElasticLoop:
         self.reduce_fn = reduce_fn
         self.num_val_samples = num_val_samples
         self.checkpoint = checkpoint
+        self.log_format = log_format if log_format is not None else RecipeLog()
+        self.on_epoch_end = on_epoch_end
         self.emulated = args.emulate_schedule is not None
         self.workers = EmulatedWorkers(net.collect_params())
         self._aux_params = [p for p in net.collect_params().values() if p.grad_req == "null"]
@@ -391,6 +402,7 @@ class ElasticLoop:
         samples = batch_samples = 0
         loss_sum, loss_count = 0.0, 0
         is_root = self.trainer.rank == 0
+        self.log_format.start_epoch(epoch)
         for number, batch in enumerate(self.make_loader(flat_indices(), epoch)):
             shard_sizes, global_batch_size = plan[number]
             columns = [self.workers.split(array, shard_sizes) for array in batch]
@@ -411,11 +423,10 @@ class ElasticLoop:
             self.metrics.step(epoch, step_loss / max(sum(shard_sizes), 1), global_batch_size)
             if is_root and self.args.log_interval and (number + 1) % self.args.log_interval == 0:
                 now = time.time()
-                logger.info("Epoch[%d] Batch [%d]\tSpeed: %.2f samples/sec\tworld=%d\t"
-                            "global_batch=%d\tlr=%.6f\tloss=%.6f", epoch, number + 1,
-                            batch_samples / max(now - batch_tic, 1e-9), self.trainer.world_size,
-                            self.trainer.global_batch_size, self.trainer.optimizer.lr,
-                            loss_sum / max(loss_count, 1))
+                logger.info("%s", self.log_format.batch(
+                    epoch, number, batch_samples / max(now - batch_tic, 1e-9),
+                    self.trainer.optimizer.lr, self.trainer.world_size,
+                    self.trainer.global_batch_size, loss_sum / max(loss_count, 1)))
                 batch_tic, batch_samples = now, 0
             if is_root and self.args.progress_file:
                 _write_progress(self.args.progress_file, self.trainer.progress)
@@ -459,15 +470,17 @@ class ElasticLoop:
             metrics = self.evaluate()
             self.history.append((epoch, metrics))
             if self.trainer.rank == 0:
-                logger.info("[Epoch %d] training: loss=%.6f\tworld=%d\tglobal_batch=%d", epoch, loss,
-                            self.trainer.world_size, self.trainer.global_batch_size)
-                logger.info("[Epoch %d] speed: %d samples/sec\ttime cost: %.3f", epoch,
-                            int(samples / max(seconds, 1e-9)), seconds)
+                logger.info("%s", self.log_format.training(epoch, loss, self.trainer.world_size,
+                                                          self.trainer.global_batch_size))
+                logger.info("%s", self.log_format.speed(epoch, samples / max(seconds, 1e-9),
+                                                       seconds))
                 if metrics:
-                    logger.info("[Epoch %d] validation: %s", epoch, format_metrics(metrics))
+                    logger.info("%s", self.log_format.validation(epoch, metrics))
             self.metrics.epoch_end(epoch, loss, samples / max(seconds, 1e-9), metrics)
             self.sampler.set_epoch(epoch + 1)
             self.checkpoint.save(epoch, self.net, self.trainer, self.sampler, metrics)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch, self.net, self.trainer, metrics)
             state.commit()
         mx.nd.waitall()
         self.trainer.backend.barrier()
@@ -508,11 +521,15 @@ def prepare(parser, args, num_train_samples):
 
 
 def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_train_samples,
-        make_loader, loss_fn, evaluate_fn, reduce_fn, num_val_samples, prefix):
+        make_loader, loss_fn, evaluate_fn, reduce_fn, num_val_samples, prefix, log_format=None,
+        on_epoch_end=None, initial_state=None):
     """Resume if ``--checkpoint-dir`` holds a checkpoint, build the trainer and sampler, train.
 
     ``net`` must be initialised with its shapes resolved. Returns the :class:`ElasticLoop` after
-    training (``loop.history`` holds the metrics of every epoch).
+    training (``loop.history`` holds the metrics of every epoch). ``log_format`` and
+    ``on_epoch_end`` go to :class:`ElasticLoop`. ``initial_state(trainer, sampler)``, when given,
+    is called when there is no checkpoint to resume from (a recipe's own start files, such as
+    GluonCV's ``--resume-states``); it returns a description for the log, or None.
     """
     from .data import ElasticSampler
     from .trainer import ElasticTrainer
@@ -525,11 +542,16 @@ def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_trai
     if resume is not None:
         checkpoint.load_states(resume, trainer, sampler)
         logger.info("resumed after epoch %d from %s", resume["epoch"], args.checkpoint_dir)
+    elif initial_state is not None:
+        started = initial_state(trainer, sampler)
+        if started:
+            logger.info("%s", started)
     logger.info("model %s, backend %s, world %d, global batch %d, lr %.6g, %d training samples",
                 prefix, backend.name, trainer.world_size, trainer.global_batch_size,
                 trainer.learning_rate, num_train_samples)
     loop = ElasticLoop(args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
-                       num_val_samples, checkpoint)
+                       num_val_samples, checkpoint, log_format=log_format,
+                       on_epoch_end=on_epoch_end)
     loop.metrics.start(resumed=resume is not None)
     run_loop(loop)
     return loop
