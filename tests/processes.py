@@ -35,9 +35,11 @@ def kill_job(proc, marker):
         victims.extend(psutil.Process(proc.pid).children(recursive=True))
     except psutil.NoSuchProcess:
         pass
-    for candidate in psutil.process_iter(["cmdline"]):
-        if marker in " ".join(candidate.info["cmdline"] or ()) + " ":
-            victims.append(candidate)
+    for pid in processes_with_marker(marker):
+        try:
+            victims.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
     for victim in victims:
         try:
             victim.kill()
@@ -129,12 +131,29 @@ def json_lines(text, key=None):
     return rows
 
 
-def _communicate(proc, timeout, marker):
-    """Output of ``proc`` and its exit code (None after ``timeout``); its whole job is killed."""
+def processes_with_marker(marker):
+    """Pids of live processes whose command line carries ``marker``."""
+    import psutil
+
+    found = []
+    for candidate in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(candidate.info["cmdline"] or ()) + " ":
+            found.append(candidate.pid)
+    return found
+
+
+def _communicate(proc, timeout, marker, leftovers=None):
+    """Output of ``proc`` and its exit code (None after ``timeout``); its whole job is killed.
+
+    ``leftovers``, a list, receives the pids of the job's processes still alive when ``proc``
+    ended on its own (before they are killed).
+    """
     output, code = b"", None
     try:
         output, _ = proc.communicate(timeout=timeout)
         code = proc.returncode
+        if leftovers is not None:
+            leftovers.extend(processes_with_marker(marker))
     except subprocess.TimeoutExpired:
         pass
     finally:
@@ -190,7 +209,7 @@ def loopback_hosts():
 
 
 def run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, timeout,
-                           env_extra=None, launcher_args=None):
+                           env_extra=None, launcher_args=None, leftovers=None):
     """Run ``argv`` under elastic ``horovodrun`` with schedule-driven discovery on this machine.
 
     ``schedule`` is a ``scripts/discovery.py`` schedule over the training progress that rank 0
@@ -216,6 +235,8 @@ def run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, t
     launcher_args : list of str, optional
         Run the project's launcher (``python -m gluon_elastic.horovodrun``) with these extra
         arguments instead of ``horovodrun --gloo``.
+    leftovers : list, optional
+        Receives the pids of the job's processes still alive when the launcher ended on its own.
 
     Returns
     -------
@@ -243,7 +264,7 @@ def run_elastic_horovodrun(work_dir, argv, schedule, np_start, min_np, max_np, t
     env.update(env_extra or {})
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    return _communicate(proc, timeout, progress_file)
+    return _communicate(proc, timeout, progress_file, leftovers)
 
 
 # Carried by every process of run_kvstore_group (worker code may read it to find its group).

@@ -59,12 +59,15 @@ def run_job(log_dir, np_start, schedule, exits, epochs=EPOCHS, max_restarts=3):
     launcher_args = ["--checkpoint-dir", os.path.join(log_dir, "checkpoints"),
                      "--max-restarts", str(max_restarts), "--blacklist-cooldown-range", "1,2"]
     tic = time.monotonic()
+    leftovers = []
     returncode, output = run_elastic_horovodrun(log_dir, argv, schedule, np_start, 1, 4,
-                                                JOB_TIMEOUT, env_extra, launcher_args)
+                                                JOB_TIMEOUT, env_extra, launcher_args, leftovers)
     wall = time.monotonic() - tic
     with open(os.path.join(log_dir, "output.txt"), "w") as fout:
         fout.write(output)
-    return Job(log_dir, returncode, output, wall)
+    job = Job(log_dir, returncode, output, wall)
+    job.leftovers = leftovers
+    return job
 
 
 def launcher_lines(job):
@@ -114,6 +117,7 @@ JOBS = ["replacement_job", "stop_job", "no_survivor_job", "driver_killed_job"]
 def test_job_keeps_every_invariant(job_name, request):
     job = request.getfixturevalue(job_name)
     assert_clean_exit(job)
+    assert job.leftovers == []  # the launcher left no process of the job behind
     assert_identical_after_every_reset(job)
     assert_exactly_once(job, EPOCHS, NUM_SAMPLES)
     assert_progress_never_behind_last_commit(job, EPOCHS * NUM_SAMPLES)
@@ -179,6 +183,7 @@ def test_driver_killed_resumes_from_the_durable_commit(driver_killed_job):
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
 def test_chaos_keeps_every_invariant(chaos_job):
     assert_clean_exit(chaos_job)
+    assert chaos_job.leftovers == []
     assert_identical_after_every_reset(chaos_job)
     assert_exactly_once(chaos_job, CHAOS_EPOCHS, NUM_SAMPLES)
     assert_progress_never_behind_last_commit(chaos_job, CHAOS_EPOCHS * NUM_SAMPLES)
