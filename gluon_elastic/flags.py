@@ -25,7 +25,9 @@ def _bounded(convert, minimum, description, inclusive=True):
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError("expected %s, got %r" % (description, text)) from None
-        if not (value >= minimum if inclusive else value > minimum):
+        # NaN fails every comparison; infinity is refused too (an infinite LR or ramp trains
+        # nothing but NaNs).
+        if not (value >= minimum if inclusive else value > minimum) or value == float("inf"):
             raise argparse.ArgumentTypeError("expected %s, got %r" % (description, text))
         return value
     return parse

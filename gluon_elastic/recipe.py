@@ -156,7 +156,7 @@ def add_run_args(parser, log_interval=20, num_data_workers=4):
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
                        help="auto: GPU local_rank when there is one, else CPU")
-    group.add_argument("--num-data-workers", type=_flags.non_negative_int,
+    group.add_argument("-j", "--num-data-workers", type=_flags.non_negative_int,
                        default=num_data_workers,
                        help="data loader processes per worker (default: %(default)s)")
     group.add_argument("--log-interval", type=int, default=log_interval,
@@ -170,22 +170,30 @@ def add_run_args(parser, log_interval=20, num_data_workers=4):
 
 
 # ------------------------------------------------------------------------------ LR schedule
-def add_schedule_args(parser, lr_mode="cosine", warmup_epochs=0.0, lr_decay_epoch=""):
-    """Flags of the base LR schedule (warmup, then step, cosine or poly decay) with recipe defaults."""
+def add_schedule_args(parser, lr_mode="cosine", warmup_epochs=0.0, lr_decay_epoch="",
+                      warmup_lr=None, lr_power=0.9):
+    """Flags of the base LR schedule (warmup, then step, cosine or poly decay) with recipe defaults.
+
+    ``warmup_lr=None`` makes the warmup start at ``lr / 100``; GluonCV's scripts start at 0.
+    """
     from .schedule import SCHEDULE_MODES
 
     group = parser.add_argument_group("learning-rate schedule (in epochs of data, any world)")
     group.add_argument("--lr-mode", default=lr_mode, choices=SCHEDULE_MODES,
                        help="shape after warmup (default: %(default)s)")
-    group.add_argument("--lr-decay", type=float, default=0.1, help="factor of step decay")
+    group.add_argument("--lr-decay", type=_flags.positive_float, default=0.1,
+                       help="factor of step decay")
+    group.add_argument("--lr-decay-period", type=_flags.non_negative_int, default=0,
+                       help="decay every this many epochs (0: use --lr-decay-epoch)")
     group.add_argument("--lr-decay-epoch", default=lr_decay_epoch,
                        help="comma-separated epochs of step decay (default: %(default)r)")
-    group.add_argument("--lr-power", type=float, default=0.9, help="exponent of poly decay")
-    group.add_argument("--warmup-epochs", type=float, default=warmup_epochs,
+    group.add_argument("--lr-power", type=_flags.non_negative_float, default=lr_power,
+                       help="exponent of poly decay (default: %(default)s)")
+    group.add_argument("--warmup-epochs", type=_flags.non_negative_float, default=warmup_epochs,
                        help="linear warmup length (default: %(default)s)")
-    group.add_argument("--warmup-lr", type=float, default=None,
-                       help="LR at the start of warmup (default: lr / 100; must be > 0 with "
-                            "momentum correction, which rescales the momentum by the LR ratio)")
+    group.add_argument("--warmup-lr", type=_flags.non_negative_float, default=warmup_lr,
+                       help="LR at the start of warmup (default: %s)"
+                            % ("lr / 100" if warmup_lr is None else "%(default)s"))
     return group
 
 
@@ -201,6 +209,9 @@ def build_schedule(parser, args, num_train_samples):
         decay_epochs = [float(e) for e in args.lr_decay_epoch.split(",") if e.strip()]
     except ValueError:
         parser.error("--lr-decay-epoch takes comma-separated epochs, got %r" % args.lr_decay_epoch)
+    if getattr(args, "lr_decay_period", 0):
+        # GluonCV: a decay every period epochs replaces the listed epochs.
+        decay_epochs = list(range(args.lr_decay_period, args.epochs, args.lr_decay_period))
     warmup = int(args.warmup_epochs * num_train_samples)
     warmup_lr = args.lr / 100.0 if args.warmup_lr is None else args.warmup_lr
     total = max(int(args.epochs * num_train_samples), warmup + 1)
@@ -522,14 +533,16 @@ def prepare(parser, args, num_train_samples):
 
 def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_train_samples,
         make_loader, loss_fn, evaluate_fn, reduce_fn, num_val_samples, prefix, log_format=None,
-        on_epoch_end=None, initial_state=None):
+        on_epoch_end=None, on_start=None):
     """Resume if ``--checkpoint-dir`` holds a checkpoint, build the trainer and sampler, train.
 
     ``net`` must be initialised with its shapes resolved. Returns the :class:`ElasticLoop` after
     training (``loop.history`` holds the metrics of every epoch). ``log_format`` and
-    ``on_epoch_end`` go to :class:`ElasticLoop`. ``initial_state(trainer, sampler)``, when given,
-    is called when there is no checkpoint to resume from (a recipe's own start files, such as
-    GluonCV's ``--resume-states``); it returns a description for the log, or None.
+    ``on_epoch_end`` go to :class:`ElasticLoop`. ``on_start(trainer, sampler, resumed)``, when
+    given, is called once the trainer and sampler exist and the checkpoint (if any) is loaded
+    (``resumed`` says whether one was): a recipe loads its own start files there (GluonCV's
+    ``--resume-states``) or keeps the trainer and sampler for its data loading. It returns a
+    description for the log, or None.
     """
     from .data import ElasticSampler
     from .trainer import ElasticTrainer
@@ -542,8 +555,8 @@ def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_trai
     if resume is not None:
         checkpoint.load_states(resume, trainer, sampler)
         logger.info("resumed after epoch %d from %s", resume["epoch"], args.checkpoint_dir)
-    elif initial_state is not None:
-        started = initial_state(trainer, sampler)
+    if on_start is not None:
+        started = on_start(trainer, sampler, resume is not None)
         if started:
             logger.info("%s", started)
     logger.info("model %s, backend %s, world %d, global batch %d, lr %.6g, %d training samples",
