@@ -8,12 +8,11 @@ BatchNorm running statistics included), the optimizer states of the
 world, transition in force), the position of an :class:`gluon_elastic.data.ElasticSampler`, and
 plain user values given as keyword arguments (``state.epoch``, ``state.batch``...).
 
-It is a :class:`horovod.common.elastic.State`: the membership notifications, their agreement
-across ranks, ``commit`` (save, then check for changes) and the reset callbacks are Horovod's.
-What MXNet adds is here:
+It is a :class:`horovod.common.elastic.State`: the queue of membership notifications, their
+agreement across ranks and the reset callbacks are Horovod's. What MXNet needs is here:
 
-- :meth:`save` copies all of it to host memory; :meth:`commit` (Horovod's) saves, calls the commit
-  callbacks (e.g. a checkpoint writer), then checks for membership changes. Commits cost a
+- :meth:`save` copies all of it to host memory; :meth:`commit` saves, calls the commit callbacks
+  (e.g. the durable checkpoint writer), then checks for membership changes. Commits cost a
   device-to-host copy of the model and its momentum: commit every few steps, not every step; the
   work since the last commit is what a failure costs.
 - :meth:`restore` puts the last commit back (after a failed collective).
