@@ -171,6 +171,9 @@ def parse_args(argv=None):
                         help="iterations kept at full resolution around each change")
     parser.add_argument("--spike-window", type=int, default=10)
     parser.add_argument("--peak-window", type=int, default=50)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs of OUT/convergence.json whose configuration matches "
+                             "and train only the others (a study that was stopped)")
     parser.add_argument("--render-only", action="store_true",
                         help="rebuild tables, figures and the README block from OUT/convergence.json")
     args = parser.parse_args(argv)
@@ -660,8 +663,10 @@ def describe_change(schedule_name, index):
 
 def markdown_tables(analysis, meta):
     args = meta["args"]
-    lines = ["Command: `%s`  " % meta["command"],
-             "Machine: %s. Wall time %.1f min with %d parallel runs of one thread; load average "
+    lines = ["Command: `%s`  " % meta["command"]]
+    if meta.get("partial"):
+        lines.append("**Incomplete study**: the tables hold %s.  " % meta["partial"])
+    lines += ["Machine: %s. Wall time %.1f min with %d parallel runs of one thread; load average "
              "(1 min) %.1f at the start, %.1f at the end, %.1f on average over the runs' ends." % (
                  meta["machine"], meta["elapsed_seconds"] / 60, args["jobs"], meta["load_start"],
                  meta["load_end"], meta["load_mean"]),
@@ -676,10 +681,9 @@ def markdown_tables(analysis, meta):
              "its loss overflowed or its training loss ended above ln 10 (chance); such runs are "
              "counted in the *div.* column and kept in the statistics."
              % (args["model"], args["train_samples"], meta.get("test_samples", 0),
-                args["local_batch_size"],
-                args["momentum"],
-                args["wd"], args["warmup_epochs"], args["seeds"], args["spike_window"],
-                args["peak_window"], args["evals_per_epoch"]), ""]
+                args["local_batch_size"], args["momentum"], args["wd"], args["warmup_epochs"],
+                args["seeds"], args["spike_window"], args["peak_window"],
+                args["evals_per_epoch"]), ""]
     for key, cell in analysis.items():
         schedule_name, lr = cell["schedule"], cell["lr"]
         worlds = " → ".join("%d (%g ep)" % (w, e) for w, e in SCHEDULES[schedule_name])
@@ -898,6 +902,16 @@ def _init_worker():
     os.environ["MXNET_ENGINE_TYPE"] = "NaiveEngine"
 
 
+def complete_seeds(runs):
+    """The runs of the seeds that every (schedule, LR, method) finished (a study stopped early)."""
+    keys = {(r["config"]["schedule"], r["config"]["lr"], r["config"]["method"]) for r in runs}
+    seeds = [seed for seed in sorted({r["config"]["seed"] for r in runs})
+             if all(any(r["config"]["seed"] == seed and (r["config"]["schedule"], r["config"]["lr"],
+                                                          r["config"]["method"]) == key
+                        for r in runs) for key in keys)]
+    return [r for r in runs if r["config"]["seed"] in seeds]
+
+
 def _config_key(config):
     return (config["schedule"], config["lr"], config["method"], config["seed"])
 
@@ -921,8 +935,13 @@ def main(argv=None):
         for name, value in saved["args"].items():
             if name not in ("render_only", "out", "readme"):
                 setattr(args, name, value)
-        write_reports(saved["runs"], args, saved)
-        print("re-rendered %s from %d saved runs" % (args.out, len(saved["runs"])))
+        runs = complete_seeds(saved["runs"]) if not saved.get("complete", True) else saved["runs"]
+        if len(runs) != len(saved["runs"]):
+            saved["partial"] = "%d of the %d finished runs: the seeds that every cell and method " \
+                "completed (%s)" % (len(runs), len(saved["runs"]), ", ".join(
+                    str(seed) for seed in sorted({r["config"]["seed"] for r in runs})))
+        write_reports(runs, args, saved)
+        print("re-rendered %s from %d saved runs" % (args.out, len(runs)))
         return 0
     configs = make_configs(args)
     # Seeds outermost: a study stopped early still holds whole seeds of every cell. Within a seed,
@@ -945,24 +964,41 @@ def main(argv=None):
             "methods": METHODS, "schedules": SCHEDULES, "load_start": os.getloadavg()[0]}
     tic = time.time()
     results, loads = [], []
+    if args.resume and os.path.exists(raw_path):
+        with open(raw_path) as fin:
+            saved = json.load(fin)
+        wanted = {json.dumps(c, sort_keys=True) for c in configs}
+        results = [r for r in saved["runs"] if json.dumps(r["config"], sort_keys=True) in wanted]
+        done = {json.dumps(r["config"], sort_keys=True) for r in results}
+        configs = [c for c in configs if json.dumps(c, sort_keys=True) not in done]
+        # The earlier part's time and load count in the study's.
+        tic -= saved.get("elapsed_seconds", 0.0)
+        loads = [saved.get("load_mean", os.getloadavg()[0])] * len(results)
+        meta["load_start"] = saved.get("load_start", meta["load_start"])
+        meta.update({key: saved[key] for key in ("elapsed_seconds", "load_end", "load_mean",
+                                                  "test_samples") if key in saved},
+                    complete=not configs)
+        print("[convergence] resuming: %d runs kept, %d to train" % (len(results), len(configs)),
+              flush=True)
+    total = len(results) + len(configs)
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.jobs, initializer=_init_worker) as pool:
         runs = progress(pool.imap_unordered(run_one, configs), total=len(configs),
                         desc="convergence runs")
-        for done, result in enumerate(runs, 1):
+        for done, result in enumerate(runs, len(results) + 1):
             results.append(result)
             loads.append(os.getloadavg()[0])
             config = result["config"]
             write("[%3d/%d] %-7s lr %-5g %-18s seed %d: final acc %.4f%s (%.0f s, load %.1f)" % (
-                done, len(configs), config["schedule"], config["lr"], config["method"],
+                done, total, config["schedule"], config["lr"], config["method"],
                 config["seed"], result["final_test_accuracy"],
                 " DIVERGED" if result["diverged"] else "", result["seconds"], loads[-1]))
             meta.update(elapsed_seconds=time.time() - tic, load_end=loads[-1],
                         test_samples=result["test_samples"],
-                        load_mean=statistics.fmean(loads), complete=done == len(configs))
+                        load_mean=statistics.fmean(loads), complete=done == total)
             save_raw(raw_path, meta, results)
     order = {key: index for index, key in enumerate(
-        sorted((_config_key(c) for c in configs),
+        sorted((_config_key(r["config"]) for r in results),
                key=lambda k: (k[0], k[1], args.methods.index(k[2]), k[3])))}
     results.sort(key=lambda r: order[_config_key(r["config"])])
     save_raw(raw_path, meta, results)
