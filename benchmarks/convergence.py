@@ -902,14 +902,13 @@ def _init_worker():
     os.environ["MXNET_ENGINE_TYPE"] = "NaiveEngine"
 
 
-def complete_seeds(runs):
-    """The runs of the seeds that every (schedule, LR, method) finished (a study stopped early)."""
-    keys = {(r["config"]["schedule"], r["config"]["lr"], r["config"]["method"]) for r in runs}
-    seeds = [seed for seed in sorted({r["config"]["seed"] for r in runs})
-             if all(any(r["config"]["seed"] == seed and (r["config"]["schedule"], r["config"]["lr"],
-                                                          r["config"]["method"]) == key
-                        for r in runs) for key in keys)]
-    return [r for r in runs if r["config"]["seed"] in seeds]
+def complete_seeds(runs, methods):
+    """Of a study stopped early, the runs of each cell's seeds that every method finished."""
+    finished = {(r["config"]["schedule"], r["config"]["lr"], r["config"]["seed"],
+                 r["config"]["method"]) for r in runs}
+    return [r for r in runs if all((r["config"]["schedule"], r["config"]["lr"],
+                                    r["config"]["seed"], method) in finished
+                                   for method in methods)]
 
 
 def _config_key(config):
@@ -935,18 +934,26 @@ def main(argv=None):
         for name, value in saved["args"].items():
             if name not in ("render_only", "out", "readme"):
                 setattr(args, name, value)
-        runs = complete_seeds(saved["runs"]) if not saved.get("complete", True) else saved["runs"]
-        if len(runs) != len(saved["runs"]):
-            saved["partial"] = "%d of the %d finished runs: the seeds that every cell and method " \
-                "completed (%s)" % (len(runs), len(saved["runs"]), ", ".join(
-                    str(seed) for seed in sorted({r["config"]["seed"] for r in runs})))
+        runs = saved["runs"]
+        if not saved.get("complete", True):
+            runs = complete_seeds(runs, args.methods)
+            cells = sorted({(r["config"]["schedule"], r["config"]["lr"]) for r in runs})
+            saved["partial"] = "%d of the %d planned runs, each cell with the seeds that every " \
+                "method finished: %s; %d finished runs of incomplete seeds left out" % (
+                    len(runs), len(make_configs(args)), "; ".join(
+                        "%s at LR %g: %d seeds" % (name, lr, len({
+                            r["config"]["seed"] for r in runs
+                            if (r["config"]["schedule"], r["config"]["lr"]) == (name, lr)}))
+                        for name, lr in cells), len(saved["runs"]) - len(runs))
         write_reports(runs, args, saved)
         print("re-rendered %s from %d saved runs" % (args.out, len(runs)))
         return 0
     configs = make_configs(args)
-    # Seeds outermost: a study stopped early still holds whole seeds of every cell. Within a seed,
-    # the slow AdaScale runs first, so the pool's tail stays short.
-    configs.sort(key=lambda c: (c["seed"], c["method"] != "adascale"))
+    # Cells outermost, the paper's case first (x16 at the higher LR), then seeds: a study stopped
+    # early holds whole cells, or whole seeds of a cell. Within a seed the slow AdaScale run
+    # starts first, so the pool's tail stays short.
+    configs.sort(key=lambda c: (args.schedules.index(c["schedule"]), -c["lr"], c["seed"],
+                                c["method"] != "adascale"))
     print(plan_text(configs, args), flush=True)
     if args.dry_run:
         ensure_data(args.data_dir)
