@@ -82,6 +82,8 @@ def worker(args):
     init_start = time.time()
     backend = backends.create("horovod")
     init_done = time.time()
+    if args.no_propagation:  # the comparison: survivors keep their Gloo connections open
+        backend.break_connections = lambda: 0
     mx.random.seed(0)
     if args.model == "mnist":
         from train_mnist import build_net
@@ -244,14 +246,14 @@ def floor_seconds(records, bandwidth):
         + statistics.median(steps), state_bytes
 
 
-def failure_job(hosts, world, victim, model, timeout):
+def failure_job(hosts, world, victim, model, timeout, no_propagation=False):
     import discovery  # noqa: F401  (scripts/ on the path for the worker too)
     from horovod_elastic import listed
 
     with tempfile.TemporaryDirectory(prefix="hvd_recovery_") as log_dir:
         argv = [sys.executable, os.path.abspath(__file__), "--worker", "--log-dir", log_dir,
                 "--model", model, "--kill-rank", str(victim), "--kill-at", str(KILL_AT),
-                "--steps", str(KILL_AT + 6)]
+                "--steps", str(KILL_AT + 6)] + (["--no-propagation"] if no_propagation else [])
         code, wall, load = run_launcher(log_dir, "0:%s" % listed(*hosts[:world]), world, argv,
                                         timeout)
         records = read_records(log_dir)
@@ -361,6 +363,8 @@ def main(argv=None):
     parser.add_argument("--worlds", default="2,3,4")
     parser.add_argument("--skip-replacement", action="store_true")
     parser.add_argument("--skip-chaos", action="store_true")
+    parser.add_argument("--no-propagation", action="store_true",
+                        help="for comparison: survivors do not shut their Gloo connections down")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per job")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "horovod_recovery.json"))
@@ -383,13 +387,14 @@ def main(argv=None):
     if len(hosts) < 4:
         raise SystemExit("needs 4 names of this machine, found %s" % hosts)
     bandwidth = median([loopback_bandwidth() for _ in range(3)])
-    results = {"model": args.model, "bandwidth": bandwidth, "hosts": hosts[:4], "failure": {},
+    results = {"model": args.model, "no_propagation": args.no_propagation,
+               "bandwidth": bandwidth, "hosts": hosts[:4], "failure": {},
                "replacement": [], "chaos": []}
     for repeat in range(args.repeats):
         for world in (int(w) for w in args.worlds.split(",")):
             for victim in (0, 1):
                 records, load, crashed = failure_job(hosts, world, victim, args.model,
-                                                     args.timeout)
+                                                     args.timeout, args.no_propagation)
                 floor, state_bytes = floor_seconds(records, bandwidth)
                 phases = recovery_phases(records, "killed", world - 1 - crashed)
                 results["failure"].setdefault("%d/%d" % (world, victim), []).append(
@@ -416,8 +421,10 @@ def main(argv=None):
 
 def render(results, readme=None):
     """Print the figures' block and, given ``readme``, rewrite its generated block."""
-    block = table(results, "the main job's CNN" if results["model"] == "mnist"
-                  else results["model"])
+    block = table(results, ("the main job's CNN" if results["model"] == "mnist"
+                            else results["model"])
+                  + (", survivors NOT shutting connections down" if results.get("no_propagation")
+                     else ""))
     print(block)
     if readme:
         from convergence import update_readme
