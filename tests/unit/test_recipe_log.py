@@ -1,0 +1,73 @@
+"""The recipes' log formats against a reader written from GluonCV 0.10's printed lines."""
+import collections
+
+from gluon_elastic.recipe_log import GluonCVClassificationLog, RecipeLog, parse_gluoncv_log
+
+# Lines as GluonCV 0.10's train_imagenet.py prints them (its format strings, filled in).
+GLUONCV_LINES = """\
+Namespace(batch_size=128, model='resnet50_v1b', mode='hybrid')
+Epoch[0] Batch [49]\tSpeed: 1234.567891 samples/sec\taccuracy=0.012500\tlr=0.008000
+Epoch[0] Batch [99]\tSpeed: 1300.000000 samples/sec\taccuracy=0.020000\tlr=0.016000
+[Epoch 0] training: accuracy=0.020000
+[Epoch 0] speed: 1290 samples/sec\ttime cost: 987.654321
+[Epoch 0] validation: err-top1=0.950000 err-top5=0.850000
+"""
+
+
+def test_reader_reads_gluoncvs_own_lines():
+    assert parse_gluoncv_log(GLUONCV_LINES) == [
+        {"kind": "batch", "epoch": 0, "batch": 49, "speed": 1234.567891, "accuracy": 0.0125,
+         "lr": 0.008},
+        {"kind": "batch", "epoch": 0, "batch": 99, "speed": 1300.0, "accuracy": 0.02,
+         "lr": 0.016},
+        {"kind": "training", "epoch": 0, "accuracy": 0.02},
+        {"kind": "speed", "epoch": 0, "speed": 1290.0, "time": 987.654321},
+        {"kind": "validation", "epoch": 0, "err-top1": 0.95, "err-top5": 0.85}]
+
+
+class _Metric:
+    """A stand-in for mx.metric.Accuracy: name and a fixed value, counting resets."""
+
+    def __init__(self, value):
+        self.value, self.resets = value, 0
+
+    def get(self):
+        return "accuracy", self.value
+
+    def reset(self):
+        self.resets += 1
+
+
+def test_classification_format_is_gluoncvs_with_world_and_batch_appended():
+    metric = _Metric(0.25)
+    log = GluonCVClassificationLog(metric)
+    log.start_epoch(3)
+    assert metric.resets == 1
+    lines = [log.batch(3, 9, 512.5, 0.05, 4, 128, 2.5),
+             log.training(3, 2.25, 4, 128),
+             log.speed(3, 500.9, 12.5),
+             log.validation(3, collections.OrderedDict([("err-top1", 0.5), ("err-top5", 0.125)]))]
+    assert lines == [
+        "Epoch[3] Batch [9]\tSpeed: 512.500000 samples/sec\taccuracy=0.250000\tlr=0.050000\t"
+        "world=4\tglobal_batch=128\tloss=2.500000",
+        "[Epoch 3] training: accuracy=0.250000\tworld=4\tglobal_batch=128\tloss=2.250000",
+        "[Epoch 3] speed: 500 samples/sec\ttime cost: 12.500000",
+        "[Epoch 3] validation: err-top1=0.500000 err-top5=0.125000"]
+    assert parse_gluoncv_log("\n".join("12:00:00 " + line for line in lines)) == [
+        {"kind": "batch", "epoch": 3, "batch": 9, "speed": 512.5, "accuracy": 0.25, "lr": 0.05,
+         "world": 4.0, "global_batch": 128.0, "loss": 2.5},
+        {"kind": "training", "epoch": 3, "accuracy": 0.25, "world": 4.0, "global_batch": 128.0,
+         "loss": 2.25},
+        {"kind": "speed", "epoch": 3, "speed": 500.0, "time": 12.5},
+        {"kind": "validation", "epoch": 3, "err-top1": 0.5, "err-top5": 0.125}]
+
+
+def test_default_format_reads_too():
+    log = RecipeLog()
+    text = "\n".join([log.batch(0, 0, 10.0, 0.1, 2, 8, 1.5), log.training(0, 1.5, 2, 8),
+                      log.validation(0, {"mAP": 0.25})])
+    assert parse_gluoncv_log(text) == [
+        {"kind": "batch", "epoch": 0, "batch": 1, "speed": 10.0, "world": 2.0,
+         "global_batch": 8.0, "lr": 0.1, "loss": 1.5},
+        {"kind": "training", "epoch": 0, "loss": 1.5, "world": 2.0, "global_batch": 8.0},
+        {"kind": "validation", "epoch": 0, "mAP": 0.25}]
