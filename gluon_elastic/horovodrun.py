@@ -82,9 +82,6 @@ NO_SURVIVOR_GRACE_SECONDS = 10.0
 # Environment variable carrying the token of a driver generation, inherited by its workers.
 TOKEN_ENV = "GLUON_ELASTIC_JOB_TOKEN"
 
-logger = logging.getLogger("gluon_elastic")
-
-
 def _note(text):
     """One line of the launcher's own, flushed at once (the tests read it as it comes)."""
     sys.stdout.write("[gluon_elastic.horovodrun] %s\n" % text)
