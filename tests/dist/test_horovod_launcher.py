@@ -9,6 +9,7 @@ timeout, and every process it started killed at its end:
 - ``stop``: a worker SIGSTOPped for 10 s and continued is waited for: no reset;
 - ``no_survivor``: both hosts of the world leave the list while two others are added; the driver
   ends that generation and the supervisor relaunches from the durable commit on the new hosts;
+- ``all_dead``: the only worker is SIGKILLed; the supervisor relaunches from the durable commit;
 - ``driver_killed``: SIGKILL of the driver; the supervisor relaunches from the durable commit;
 - ``chaos``: a fixed-seed sequence of 13 events on 4 hosts: flaps between 1 and 4 workers, SIGKILL
   of random ranks (rank 0 among them) in worlds of 4, one replacement. Each kill must be
@@ -96,6 +97,12 @@ def no_survivor_job(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def all_dead_job(tmp_path_factory):
+    return run_job(str(tmp_path_factory.mktemp("all_dead")), 1, "0:%s" % listed(HOSTS[0]),
+                   "5:0:kill")
+
+
+@pytest.fixture(scope="module")
 def driver_killed_job(tmp_path_factory):
     return run_job(str(tmp_path_factory.mktemp("driver_killed")), 2,
                    "0:%s" % listed(*HOSTS[:2]), "10:1:kill-driver")
@@ -108,7 +115,7 @@ def chaos_job(tmp_path_factory):
                    epochs=CHAOS_EPOCHS)
 
 
-JOBS = ["replacement_job", "stop_job", "no_survivor_job", "driver_killed_job"]
+JOBS = ["replacement_job", "stop_job", "no_survivor_job", "all_dead_job", "driver_killed_job"]
 
 
 @needs_hosts
@@ -163,6 +170,20 @@ def test_no_survivor_resumes_on_the_new_hosts(no_survivor_job):
                                "survives; relaunching on the listed hosts from ")
     assert lines[1].endswith("state-000000000006.ckpt (restart 1 of 3)")
     assert lines[2] == "[gluon_elastic.horovodrun] job finished after 1 relaunch(es)"
+
+
+@needs_hosts
+@pytest.mark.timeout(JOB_TIMEOUT + 30)
+def test_all_workers_dead_resumes_from_the_durable_commit(all_dead_job):
+    starts = all_dead_job.events("start")
+    # Commits every 3 steps: the worker dies at iteration 5, after the commit at 3.
+    assert [(s["world_size"], s["iteration"], s["generation"]) for s in starts] == \
+        [(1, 0, 0), (1, 3, 1)]
+    lines = launcher_lines(all_dead_job)
+    assert lines[-2].startswith("[gluon_elastic.horovodrun] the driver exited with code 1 "
+                                "(workers failed); relaunching on the listed hosts from ")
+    assert lines[-2].endswith("state-000000000003.ckpt (restart 1 of 3)")
+    assert lines[-1] == "[gluon_elastic.horovodrun] job finished after 1 relaunch(es)"
 
 
 @needs_hosts
