@@ -18,9 +18,36 @@ import logging
 import sys
 import time
 
-__all__ = ["progress", "write"]
+__all__ = ["progress", "write", "add_listener", "remove_listener"]
 
 logger = logging.getLogger("gluon_elastic")
+
+
+# Called once per item of every progress() phase, on every rank (see add_listener).
+_listeners = []
+
+
+def add_listener(callback):
+    """Call ``callback()`` for every item of every phase shown by :func:`progress`, on every rank.
+
+    A restart agent passes its heartbeat, so that a long evaluation or indexing phase tells the
+    supervisor the worker is alive (the callback rate-limits itself). Returns ``callback``.
+    """
+    _listeners.append(callback)
+    return callback
+
+
+def remove_listener(callback):
+    """Stop calling ``callback`` (added by :func:`add_listener`)."""
+    if callback in _listeners:
+        _listeners.remove(callback)
+
+
+def _notify(iterable):
+    for item in iterable:
+        for callback in list(_listeners):
+            callback()
+        yield item
 
 
 def _is_terminal(stream):
@@ -80,10 +107,12 @@ def progress(iterable, total=None, desc="progress", interval=30.0, stream=None, 
     iterable
         Yields the items of ``iterable``, unchanged.
     """
-    if not (logger.isEnabledFor(logging.INFO) if enabled is None else enabled):
-        return iterable
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
+    if _listeners:
+        iterable = _notify(iterable)
+    if not (logger.isEnabledFor(logging.INFO) if enabled is None else enabled):
+        return iterable
     stream = sys.stderr if stream is None else stream
     if _is_terminal(stream):
         try:

@@ -17,11 +17,18 @@ every recipe:
 * **data order.** :class:`gluon_elastic.data.ElasticSampler` splits each global batch over the ranks
   of the *current* world; a short last global batch is dropped, so every worker always trains on
   its full per-worker batch (and BatchNorm never sees a batch of one).
-* **state.** The sampler moves to the next epoch *before* the end-of-epoch checkpoint and commit,
-  so saved state always says where to start. Parameters are saved with
-  ``Block.save_parameters`` and the trainer with ``ElasticTrainer.save_states`` (Gluon's
-  formats), next to a small JSON file with the sampler state; a run started with the same
-  ``--checkpoint-dir`` resumes from it, in whatever world it now has (restart elasticity).
+* **state.** One checkpoint system: :class:`gluon_elastic.checkpoint.CheckpointManager` files
+  (atomic, checksummed) of the :class:`gluon_elastic.state.ElasticState` (parameters with BatchNorm
+  statistics, optimizer and elastic trainer state, sampler position) in ``--checkpoint-dir`` or the
+  supervisor's directory. The sampler moves to the next epoch *before* the end-of-epoch save, so
+  saved state always says where to start. Under :mod:`gluon_elastic.supervisor` (KVStore) a
+  :class:`gluon_elastic.restart.RestartAgent` resumes from the newest file, saves at commits within
+  its time budget and at every epoch end, prints a progress marker after every step and during
+  long phases (every item of :func:`gluon_elastic.progress.progress`: evaluation, data indexing),
+  and stops at the next step all ranks agree on when the supervisor asks (save-and-stop). Under
+  elastic Horovod (:mod:`gluon_elastic.horovodrun`) the run loop makes every commit durable in the
+  same directory and a relaunch resumes from it. :func:`latest_checkpoint` reads a run's newest
+  file.
 * **in-place elasticity.** :func:`run_loop` wraps :meth:`ElasticLoop.run` with
   :func:`gluon_elastic.run.run` around a :class:`gluon_elastic.state.ElasticState` of the model,
   trainer and sampler. The loop calls ``state.commit()`` every ``--commit-interval`` steps and at
@@ -45,7 +52,6 @@ every recipe:
   world change, failure, rollback, reset and restart, as JSON lines written by rank 0
   (:mod:`gluon_elastic.metrics`; drawn by ``python -m gluon_elastic.plot``).
 """
-import json
 import logging
 import os
 import time
@@ -54,10 +60,9 @@ import numpy as np
 
 from . import backends as _backends
 from . import flags as _flags
-from .progress import progress
 
 __all__ = ["add_run_args", "add_schedule_args", "build_schedule", "check_elastic_args",
-           "create_backend", "choose_context", "setup_logging", "format_metrics", "RecipeCheckpoint",
+           "create_backend", "choose_context", "setup_logging", "format_metrics", "latest_checkpoint",
            "ElasticLoop", "NoElasticState", "run_loop", "prepare", "fit"]
 
 logger = logging.getLogger("gluon_elastic.recipe")
@@ -224,77 +229,31 @@ def build_schedule(parser, args, num_train_samples):
 
 
 # ------------------------------------------------------------------------------- checkpoints
-class RecipeCheckpoint:
-    """End-of-epoch checkpoints in Gluon's formats, written by rank 0, read by every rank.
+def latest_checkpoint(directory):
+    """What the newest checkpoint of a recipe run holds, as plain values; None when there is none.
 
-    Files: ``PREFIX-EEEE.params`` (``save_parameters``), ``PREFIX-EEEE.states``
-    (``ElasticTrainer.save_states``) and ``PREFIX-latest.json`` (epoch, file names, sampler state),
-    the JSON written last and atomically, so it only ever names complete files.
+    Recipes keep their restart state in :class:`gluon_elastic.checkpoint.CheckpointManager` files
+    (atomic, checksummed; written by the restart agent or by elastic Horovod's durable commits).
 
-    Parameters
-    ----------
-    directory : str or None
-        ``--checkpoint-dir``; None disables saving and resuming.
-    prefix : str
-        File name prefix, usually the model name.
-    keep : int
-        Epochs whose files are kept; older ones are removed once a newer index is in place.
+    Returns
+    -------
+    dict or None
+        ``step`` and ``path`` of the file, ``epoch`` (the next epoch to train), ``sampler``,
+        ``params`` (name -> numpy array), and the trainer's ``iteration``, ``progress``,
+        ``world_size`` and ``lr`` (of its last step).
     """
+    from .checkpoint import CheckpointManager
+    from .trainer import describe_states
 
-    def __init__(self, directory, prefix, keep=2):
-        self.directory = directory
-        self.prefix = prefix
-        self.keep = max(1, int(keep))
-
-    @property
-    def index_path(self):
-        return os.path.join(self.directory, "%s-latest.json" % self.prefix)
-
-    def latest(self):
-        """The saved index (dict) or None when there is nothing to resume."""
-        if self.directory is None or not os.path.exists(self.index_path):
-            return None
-        with open(self.index_path) as fin:
-            return json.load(fin)
-
-    def save(self, epoch, net, trainer, sampler, metrics=None):
-        """Save after ``epoch``; only rank 0 writes. Returns the index dict (None elsewhere)."""
-        if self.directory is None or trainer.rank != 0:
-            return None
-        os.makedirs(self.directory, exist_ok=True)
-        stem = "%s-%04d" % (self.prefix, epoch)
-        params_file, states_file = stem + ".params", stem + ".states"
-        writes = [lambda: net.save_parameters(os.path.join(self.directory, params_file)),
-                  lambda: trainer.save_states(os.path.join(self.directory, states_file))]
-        for write in progress(writes, desc="checkpoint of epoch %d" % epoch):
-            write()
-        index = {"epoch": epoch, "params": params_file, "states": states_file,
-                 "sampler": sampler.state_dict(), "world_size": trainer.world_size,
-                 "global_batch_size": trainer.global_batch_size,
-                 "iteration": trainer.iteration, "progress": trainer.progress,
-                 "lr": trainer.optimizer.lr,
-                 "metrics": dict(metrics or {})}
-        tmp_path = self.index_path + ".tmp"
-        with open(tmp_path, "w") as fout:
-            json.dump(index, fout, indent=1, sort_keys=True)
-        os.replace(tmp_path, self.index_path)
-        old = "%s-%04d" % (self.prefix, epoch - self.keep)
-        for suffix in (".params", ".states"):
-            if epoch >= self.keep and os.path.exists(os.path.join(self.directory, old + suffix)):
-                os.remove(os.path.join(self.directory, old + suffix))
-        return index
-
-    def load_parameters(self, net, ctx):
-        """Load the latest parameters into ``net``; returns the index or None."""
-        index = self.latest()
-        if index is not None:
-            net.load_parameters(os.path.join(self.directory, index["params"]), ctx=ctx)
-        return index
-
-    def load_states(self, index, trainer, sampler):
-        """Load trainer and sampler state named by ``index`` (from :meth:`load_parameters`)."""
-        trainer.load_states(os.path.join(self.directory, index["states"]))
-        sampler.load_state_dict(index["sampler"])
+    loaded = CheckpointManager(directory).load_latest()
+    if loaded is None:
+        return None
+    state = loaded.state
+    trainer = describe_states(state["trainer"])
+    return {"step": loaded.step, "path": loaded.path, "epoch": state["sampler"]["epoch"],
+            "sampler": state["sampler"], "params": state["params"],
+            "iteration": trainer["iteration"], "progress": trainer["progress"],
+            "world_size": trainer["world_size"], "lr": trainer["lr"]}
 
 
 # ------------------------------------------------------------------------------- elastic loop
@@ -339,7 +298,10 @@ class ElasticLoop:
         ``reduce_fn(list_of_statistics)`` returns an ordered dict of metrics.
     num_val_samples : int
         Size of the validation set (0: no evaluation).
-    checkpoint : RecipeCheckpoint
+    agent : gluon_elastic.restart.RestartAgent, optional
+        Saves at the end of every epoch, and stops the loop at the step all ranks agreed on when
+        the supervisor asks (save-and-stop); None when nothing is saved here (no
+        ``--checkpoint-dir``, or elastic Horovod, whose commits are made durable by the run loop).
     log_format : gluon_elastic.recipe_log.RecipeLog, optional
         Makes rank 0's progress lines (default: :class:`~gluon_elastic.recipe_log.RecipeLog`).
     on_epoch_end : callable, optional
@@ -348,7 +310,7 @@ class ElasticLoop:
     """
 
     def __init__(self, args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
-                 num_val_samples, checkpoint, log_format=None, on_epoch_end=None):
+                 num_val_samples, agent=None, log_format=None, on_epoch_end=None):
         from .recipe_log import RecipeLog
 
         from .emulate import EmulatedWorkers
@@ -363,7 +325,8 @@ class ElasticLoop:
         self.evaluate_fn = evaluate_fn
         self.reduce_fn = reduce_fn
         self.num_val_samples = num_val_samples
-        self.checkpoint = checkpoint
+        self.agent = agent
+        self.stopped = False        # the supervisor asked to stop; the state is saved
         self.log_format = log_format if log_format is not None else RecipeLog()
         self.on_epoch_end = on_epoch_end
         self.emulated = args.emulate_schedule is not None
@@ -423,6 +386,8 @@ class ElasticLoop:
             losses = self.workers.forward_backward(
                 lambda _rank, shard: self.loss_fn(self.net, shard), shards,
                 batch_sizes=shard_sizes if measure else None)
+            # The LR this step applies (optimizer.lr is not it during a step at LR 0).
+            step_lr = self.trainer.learning_rate
             self.trainer.step(global_batch_size=global_batch_size,
                               worker_noise=self.workers.worker_noise if measure else None)
             self.sampler.record(global_batch_size)
@@ -436,7 +401,7 @@ class ElasticLoop:
                 now = time.time()
                 logger.info("%s", self.log_format.batch(
                     epoch, number, batch_samples / max(now - batch_tic, 1e-9),
-                    self.trainer.optimizer.lr, self.trainer.world_size,
+                    step_lr, self.trainer.world_size,
                     self.trainer.global_batch_size, loss_sum / max(loss_count, 1)))
                 batch_tic, batch_samples = now, 0
             if is_root and self.args.progress_file:
@@ -445,6 +410,9 @@ class ElasticLoop:
                 state.commit()  # checks for membership changes too
             elif self.trainer.iteration % self.args.check_interval == 0:
                 state.check_host_updates()
+            if self.agent is not None and self.agent.after_step(self.trainer.iteration):
+                self.stopped = True   # saved at this step; the supervisor relaunches the group
+                break
         mx.nd.waitall()
         return loss_sum / max(loss_count, 1), samples, time.time() - tic
 
@@ -478,6 +446,8 @@ class ElasticLoop:
             epoch = self.sampler.epoch
             self.set_world(epoch)
             loss, samples, seconds = self.train_epoch(epoch, state)
+            if self.stopped:
+                return metrics
             metrics = self.evaluate()
             self.history.append((epoch, metrics))
             if self.trainer.rank == 0:
@@ -489,21 +459,20 @@ class ElasticLoop:
                     logger.info("%s", self.log_format.validation(epoch, metrics))
             self.metrics.epoch_end(epoch, loss, samples / max(seconds, 1e-9), metrics)
             self.sampler.set_epoch(epoch + 1)
-            self.checkpoint.save(epoch, self.net, self.trainer, self.sampler, metrics)
+            state.commit()
+            if self.agent is not None:  # every epoch end is saved, whatever the save budget says
+                self.agent.save(self.trainer.iteration, blocking=False)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, self.net, self.trainer, metrics)
-            state.commit()
         mx.nd.waitall()
         self.trainer.backend.barrier()
         return metrics
 
 
-def run_loop(loop):
-    """Run ``loop`` under :func:`gluon_elastic.run.run` with an ElasticState; returns the metrics."""
+def run_loop(loop, state):
+    """Run ``loop`` under :func:`gluon_elastic.run.run` with its ElasticState; returns the metrics."""
     from .run import run as elastic_run
-    from .state import ElasticState
 
-    state = ElasticState(loop.net, loop.trainer, loop.sampler)
     # A reset can move rank 0 to another process: progress follows it.
     state.register_reset_callbacks([lambda: setup_logging(loop.trainer.rank)])
     return elastic_run(loop.metrics.watch(loop.run))(state)
@@ -534,7 +503,7 @@ def prepare(parser, args, num_train_samples):
 def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_train_samples,
         make_loader, loss_fn, evaluate_fn, reduce_fn, num_val_samples, prefix, log_format=None,
         on_epoch_end=None, on_start=None):
-    """Resume if ``--checkpoint-dir`` holds a checkpoint, build the trainer and sampler, train.
+    """Build the trainer and sampler, resume from the newest checkpoint if any, train.
 
     ``net`` must be initialised with its shapes resolved. Returns the :class:`ElasticLoop` after
     training (``loop.history`` holds the metrics of every epoch). ``log_format`` and
@@ -544,27 +513,49 @@ def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_trai
     ``--resume-states``) or keeps the trainer and sampler for its data loading. It returns a
     description for the log, or None.
     """
+    from . import progress as _progress
     from .data import ElasticSampler
+    from .restart import ENV, RestartAgent, default_checkpoint_dir
+    from .state import ElasticState
     from .trainer import ElasticTrainer
 
-    checkpoint = RecipeCheckpoint(args.checkpoint_dir, prefix)
-    resume = checkpoint.load_parameters(net, ctx)
     trainer = ElasticTrainer(net.collect_params(), optimizer, optimizer_params, kvstore=backend,
                              schedule=schedule, **_flags.trainer_kwargs(args))
     sampler = ElasticSampler(num_train_samples, seed=args.seed)
-    if resume is not None:
-        checkpoint.load_states(resume, trainer, sampler)
-        logger.info("resumed after epoch %d from %s", resume["epoch"], args.checkpoint_dir)
+    state = ElasticState(net, trainer, sampler)
+    # One checkpoint system (CheckpointManager files in --checkpoint-dir, or the supervisor's
+    # directory). Under elastic Horovod the run loop makes every commit durable there and resumes
+    # from it; elsewhere a restart agent resumes, saves and stops when the supervisor asks.
+    agent = resumed = listener = None
+    checkpoint_dir = args.checkpoint_dir or default_checkpoint_dir()
+    if backend.elastic_driver:
+        if args.checkpoint_dir:
+            os.environ[ENV["checkpoint_dir"]] = os.path.abspath(args.checkpoint_dir)
+    elif checkpoint_dir:
+        agent = RestartAgent(backend, state, checkpoint_dir=checkpoint_dir, commit_interval=None,
+                             check_interval=args.check_interval)
+        resumed = agent.restore()
+        state.register_commit_callbacks([agent.commit_callback])
+        # Long phases (evaluation, data indexing) go through progress(): each item is a sign
+        # of life for the supervisor, so a slow phase is told from a hang.
+        listener = _progress.add_listener(lambda: agent.heartbeat(trainer.iteration))
+    if resumed is not None:
+        logger.info("resumed at step %d (epoch %d) from %s", resumed.step, sampler.epoch,
+                    resumed.path)
     if on_start is not None:
-        started = on_start(trainer, sampler, resume is not None)
+        started = on_start(trainer, sampler, resumed is not None)
         if started:
             logger.info("%s", started)
     logger.info("model %s, backend %s, world %d, global batch %d, lr %.6g, %d training samples",
                 prefix, backend.name, trainer.world_size, trainer.global_batch_size,
                 trainer.learning_rate, num_train_samples)
     loop = ElasticLoop(args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
-                       num_val_samples, checkpoint, log_format=log_format,
-                       on_epoch_end=on_epoch_end)
-    loop.metrics.start(resumed=resume is not None)
-    run_loop(loop)
+                       num_val_samples, agent, log_format=log_format, on_epoch_end=on_epoch_end)
+    loop.metrics.start(resumed=resumed is not None)
+    try:
+        run_loop(loop, state)
+    finally:
+        if agent is not None:
+            _progress.remove_listener(listener)
+            agent.close()
     return loop

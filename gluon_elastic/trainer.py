@@ -43,7 +43,7 @@ from .optimizers import (V_FORM_OPTIMIZERS, ElasticNAG, ElasticSGD, elastic_opti
 from .policy import AdaScale, BatchPolicy, Transition, lr_scale, SCALING_RULES
 from .schedule import Schedule
 
-__all__ = ["ElasticTrainer", "STATE_FORMAT", "STATE_VERSION"]
+__all__ = ["ElasticTrainer", "describe_states", "STATE_FORMAT", "STATE_VERSION"]
 
 logger = logging.getLogger("gluon_elastic")
 
@@ -716,6 +716,22 @@ def _parse_states(content, source):
         raise ValueError("%s is not a trainer states file: its states are not indexed by "
                          "parameter" % source)
     return states, optimizer, elastic, None
+
+
+def describe_states(payload):
+    """The elastic state and last LR of a :meth:`ElasticTrainer.states_bytes` payload.
+
+    Returns
+    -------
+    dict
+        The :meth:`ElasticTrainer.elastic_state_dict` values (``iteration``, ``progress``,
+        ``world_size``...) and ``lr``, the LR of the last step (None in version-1 payloads).
+    """
+    states, optimizer, elastic, _ = _parse_states(pickle.loads(payload), "<payload>")
+    if elastic is None:
+        raise ValueError("the payload holds no elastic state (a gluon.Trainer file)")
+    del states
+    return dict(elastic, lr=optimizer.lr if optimizer is not None else None)
 
 
 def _state_shapes(state):

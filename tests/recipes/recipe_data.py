@@ -189,23 +189,14 @@ def make_ade20k(directory, num_train=6, num_val=4, size=64, seed=0):
 
 
 def parse_log(text):
-    """Lines of the recipes' fixed log format, as dicts, from rank 0's output."""
-    import re
+    """Lines of the recipes' fixed log format, as dicts, from rank 0's output.
 
-    records = []
-    for line in text.splitlines():
-        match = re.search(r"Epoch\[(\d+)\] Batch \[(\d+)\]\tSpeed: ([\d.]+) samples/sec\t(.*)", line)
-        if match:
-            fields = dict(item.split("=") for item in match.group(4).split("\t"))
-            records.append({"kind": "batch", "epoch": int(match.group(1)),
-                            "batch": int(match.group(2)), **{k: float(v) for k, v in fields.items()}})
-            continue
-        match = re.search(r"\[Epoch (\d+)\] (training|validation): (.*)", line)
-        if match:
-            fields = dict(item.split("=") for item in match.group(3).split("\t"))
-            records.append({"kind": match.group(2), "epoch": int(match.group(1)),
-                            **{k: float(v) for k, v in fields.items()}})
-    return records
+    The reader written from GluonCV's printed format (:func:`gluon_elastic.recipe_log.
+    parse_gluoncv_log`): every recipe's lines must be readable by it.
+    """
+    from gluon_elastic.recipe_log import parse_gluoncv_log
+
+    return parse_gluoncv_log(text)
 
 
 def exit_code(module, argv, capsys, train=False):
@@ -281,7 +272,7 @@ def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_n
 def check_one_grow(output, index, num_train, local_batch_size, epochs):
     """Assert what a 1 -> 2 worker Horovod job must show; returns the step of the change.
 
-    ``index`` is the recipe's ``-latest.json`` checkpoint index. The change lands after some steps
+    ``index`` is :func:`gluon_elastic.recipe.latest_checkpoint` of the run. The change lands after some steps
     of ``local_batch_size`` (in any epoch but the end of the last); from then on every step has
     twice that. Within each epoch the samples are split over the world of the moment, each at most
     once, and only a short tail is dropped.
@@ -311,7 +302,7 @@ def check_one_grow(output, index, num_train, local_batch_size, epochs):
         assert large == (num_train - local_batch_size * small) // global_batch_size, (epoch, steps)
         total_samples += local_batch_size * small + global_batch_size * large
     assert len([r for r in records if r["kind"] == "validation"]) == epochs
-    assert (index["world_size"], index["global_batch_size"]) == (2, global_batch_size), index
+    assert index["world_size"] == 2, index
     assert (index["iteration"], index["progress"]) == (len(worlds), total_samples), index
     assert index["sampler"]["epoch"] == epochs
     return change_step

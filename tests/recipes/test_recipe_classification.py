@@ -2,7 +2,6 @@
 checkpoints, and the emulated 1 -> 2 worker schedule against the same schedule on real workers
 (1 process, then a 2-worker KVStore group resuming from its checkpoint)."""
 import functools
-import json
 import os
 import sys
 
@@ -13,13 +12,24 @@ import recipe_data
 from gluon_elastic.metrics import read_records
 
 pytest.importorskip("gluoncv")
-import mxnet as mx  # noqa: E402
+from gluon_elastic import recipe  # noqa: E402
+from gluon_elastic.checkpoint import CheckpointManager  # noqa: E402
 
 cls = recipe_data.load_recipe("scripts/classification/train_imagenet.py")
 
 TINY = ["--model", "resnet18_v1b", "--classes", "4", "--input-size", "32", "--crop-ratio", "0.8",
         "--num-data-workers", "0", "--log-interval", "1", "--warmup-epochs", "0.5",
-        "--lr", "0.05", "--seed", "3"]
+        "--lr", "0.05", "--seed", "3", "--mode", "hybrid", "--save-frequency", "0",
+        "--logging-file", ""]
+
+
+def rec_flags(rec_dir, reader="index"):
+    """GluonCV's RecordIO flags for the tiny set, read by the sampler's indices by default."""
+    return ["--use-rec", "--rec-reader", reader,
+            "--rec-train", os.path.join(rec_dir, "train.rec"),
+            "--rec-train-idx", os.path.join(rec_dir, "train.idx"),
+            "--rec-val", os.path.join(rec_dir, "val.rec"),
+            "--rec-val-idx", os.path.join(rec_dir, "val.idx")]
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +45,24 @@ def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(rec_dir, tmp_
     ckpt = str(tmp_path / "ckpt")
     base = TINY + ["--checkpoint-dir", ckpt]
     code, err = _exit_code(base + ["--data-dir", str(tmp_path / "nowhere")], capsys)
-    assert code == 2 and "nowhere does not exist" in err
-    code, err = _exit_code(base + ["--data-dir", str(tmp_path)], capsys)
-    assert code == 2 and "lacks train.rec, train.idx, val.rec, val.idx" in err
-    code, err = _exit_code(base + ["--data-dir", rec_dir, "--model", "resnet7_v9"], capsys)
-    assert code == 2 and "'resnet7_v9'" in err and "resnet50_v1b" in err and "resnet18_v1b" in err
-    code, err = _exit_code(base + ["--data-dir", rec_dir, "--emulate-schedule", "0:4,0:8"], capsys)
+    assert code == 2 and "nowhere has no train/ folder" in err
+    code, err = _exit_code(base + rec_flags(str(tmp_path)), capsys)
+    assert code == 2 and "--rec-train %s: no such file" % (tmp_path / "train.rec") in err
+    code, err = _exit_code(base + rec_flags(rec_dir) + ["--model", "resnet7_v9"], capsys)
+    assert code == 2 and "'resnet7_v9'" in err and "resnet50_v1b" in err and "mobilenetv3_small" in err
+    code, err = _exit_code(base + rec_flags(rec_dir) + ["--emulate-schedule", "0:4,0:8"], capsys)
     assert code == 2 and "must start at 0 and increase" in err
     # 16 images cannot fill a global batch of 4 x 8 = 32.
-    code, err = _exit_code(base + ["--data-dir", rec_dir, "--emulate-schedule", "0:2,1:8",
+    code, err = _exit_code(base + rec_flags(rec_dir) + ["--emulate-schedule", "0:2,1:8",
                                    "--local-batch-size", "4", "--epochs", "2"], capsys, train=True)
     assert code == 2 and "global batch 32 (world 8) is larger than the 16 training samples" in err
-    code, err = _exit_code(base + ["--data-dir", rec_dir, "--emulate-schedule", "0:2,5:4",
+    code, err = _exit_code(base + rec_flags(rec_dir) + ["--emulate-schedule", "0:2,5:4",
                                    "--epochs", "2"], capsys, train=True)
     assert code == 2 and "changes the world at epoch 5" in err
-    code, err = _exit_code(base + ["--data-dir", rec_dir, "--emulate-schedule", "0:2",
+    code, err = _exit_code(base + rec_flags(rec_dir) + ["--emulate-schedule", "0:2",
                                    "--backend", "dist_sync"], capsys, train=True)
     assert code == 2 and "--backend local or device" in err
-    code, err = _exit_code(base + ["--data-dir", rec_dir, "--dtype", "float16", "--device", "cpu",
+    code, err = _exit_code(base + rec_flags(rec_dir) + ["--dtype", "float16", "--device", "cpu",
                                    "--local-batch-size", "2"],
                            capsys, train=True)
     assert code == 2 and "float16 needs a GPU" in err
@@ -61,23 +71,25 @@ def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(rec_dir, tmp_
 
 def test_local_training_logs_evaluates_checkpoints_and_resumes(rec_dir, tmp_path):
     ckpt = str(tmp_path / "ckpt")
-    argv = TINY + ["--data-dir", rec_dir, "--local-batch-size", "4", "--epochs", "1",
+    argv = TINY + rec_flags(rec_dir) + ["--local-batch-size", "4", "--epochs", "1",
                    "--checkpoint-dir", ckpt, "--label-smoothing", "0.1"]
     loop = cls.train(cls.parse_args(argv))
     # 16 images, global batch 4: 4 steps; top-1/top-5 over the 8 validation images.
     assert loop.trainer.iteration == 4 and loop.trainer.progress == 16
     (epoch, metrics), = loop.history
-    assert epoch == 0 and set(metrics) == {"top1", "top5"}
-    assert metrics["top1"] in {k / 8 for k in range(9)} and metrics["top5"] == 1.0  # 4 classes
-    index = json.load(open(os.path.join(ckpt, "resnet18_v1b-latest.json")))
+    assert epoch == 0 and set(metrics) == {"err-top1", "err-top5"}
+    assert metrics["err-top1"] in {k / 8 for k in range(9)} and metrics["err-top5"] == 0.0
+    index = recipe.latest_checkpoint(ckpt)
     assert index["sampler"] == {"epoch": 1, "processed": 0, "seed": 3, "num_samples": 16,
                                 "shuffle": True}
-    assert (index["iteration"], index["world_size"], index["global_batch_size"]) == (4, 1, 4)
-    saved = mx.nd.load(os.path.join(ckpt, index["params"]))
-    current = {name: p.data().asnumpy() for name, p in loop.net._collect_params_with_prefix().items()}
+    assert (index["step"], index["iteration"], index["world_size"]) == (4, 4, 1)
+    saved = index["params"]
+    current = {p.name: p.data().asnumpy() for p in loop.net.collect_params().values()}
     assert set(saved) == set(current)
     for name, value in saved.items():
-        np.testing.assert_array_equal(value.asnumpy(), current[name])
+        np.testing.assert_array_equal(value, current[name])
+    # One checkpoint system on disk: CheckpointManager files only.
+    assert all(name.startswith("state-") for name in os.listdir(ckpt)), os.listdir(ckpt)
     # The same command with --epochs 2 resumes after epoch 0: 4 more steps, progress goes on.
     loop2 = cls.train(cls.parse_args(argv[:-6] + ["--epochs", "2", "--checkpoint-dir", ckpt,
                                                   "--label-smoothing", "0.1"]))
@@ -94,7 +106,7 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
     # The epoch-0 run stops after one epoch, so the schedule must not depend on --epochs: step
     # decay at epoch 1, no warmup. A small LR keeps training far from divergence, where rounding
     # differences between the processes' kernels would be amplified beyond any tolerance.
-    common = TINY + ["--data-dir", rec_dir, "--local-batch-size", "2", "--lr", "0.01",
+    common = TINY + rec_flags(rec_dir) + ["--local-batch-size", "2", "--lr", "0.01",
                      "--lr-mode", "step", "--lr-decay-epoch", "1", "--warmup-epochs", "0"]
     emulated_dir, real_dir = str(tmp_path / "emulated"), str(tmp_path / "real")
     emulated_metrics, real_metrics = str(tmp_path / "emulated.jsonl"), str(tmp_path / "real.jsonl")
@@ -116,9 +128,9 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
     records = recipe_data.parse_log(log)
     batches = [r for r in records if r["kind"] == "batch" and r["epoch"] == 1]
     assert [(r["world"], r["global_batch"]) for r in batches] == [(2, 4)] * 4
-    index_e = json.load(open(os.path.join(emulated_dir, "resnet18_v1b-latest.json")))
-    index_r = json.load(open(os.path.join(real_dir, "resnet18_v1b-latest.json")))
-    for key in ("epoch", "iteration", "progress", "world_size", "global_batch_size", "sampler"):
+    index_e = recipe.latest_checkpoint(emulated_dir)
+    index_r = recipe.latest_checkpoint(real_dir)
+    for key in ("step", "epoch", "iteration", "progress", "world_size", "sampler"):
         assert index_e[key] == index_r[key], key
     # Iteration 12 lies inside the 16-iteration ramp that started at iteration 8 (k = 2): the
     # restarted group continued the ramp from the saved transition, as the emulation did.
@@ -126,14 +138,13 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
     schedule = emulated.trainer.schedule
     # The last step (iteration 11) started at progress 16 + 3 * 4 = 28, after the decay at 16.
     assert index_e["lr"] == pytest.approx(schedule(28) * (1 + 3 / 16), rel=1e-12)
-    params_e = mx.nd.load(os.path.join(emulated_dir, index_e["params"]))
-    params_r = mx.nd.load(os.path.join(real_dir, index_r["params"]))
+    params_e, params_r = index_e["params"], index_r["params"]
     assert set(params_e) == set(params_r)
-    initial = {k: v.asnumpy() for k, v in mx.nd.load(
-        os.path.join(real_dir, "resnet18_v1b-0000.params")).items()}
+    # The end of epoch 0 (step 8), where the real group started from.
+    initial = CheckpointManager(real_dir).load(8)["params"]
     moved, mismatched = 0, []
     for name in sorted(params_e):
-        a, b = params_e[name].asnumpy(), params_r[name].asnumpy()
+        a, b = params_e[name], params_r[name]
         if not np.allclose(a, b, rtol=1e-4, atol=1e-5):
             mismatched.append((name, float(np.abs(a - b).max()), float(np.abs(a).max())))
         moved += not np.allclose(a, initial[name])
@@ -176,13 +187,13 @@ def test_horovod_elastic_grow_one_to_two_workers(tmp_path):
     ckpt = str(tmp_path / "ckpt")
     argv = [os.path.join(recipe_data.ROOT, "scripts", "classification", "train_imagenet.py")]
     metrics_file = str(tmp_path / "run.jsonl")
-    argv += TINY + ["--data-dir", rec_dir, "--local-batch-size", "2", "--epochs", "2",
+    argv += TINY + rec_flags(rec_dir) + ["--local-batch-size", "2", "--epochs", "2",
                     "--checkpoint-dir", ckpt, "--commit-interval", "8",
                     "--metrics-file", metrics_file]
     code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;4:2", np_start=1,
                                                    min_np=1, max_np=2, timeout=230)
     assert code == 0, output[-4000:]
-    index = json.load(open(os.path.join(ckpt, "resnet18_v1b-latest.json")))
+    index = recipe.latest_checkpoint(ckpt)
     change_step = recipe_data.check_one_grow(output, index, num_train=64, local_batch_size=2,
                                              epochs=2)
     # The metrics file tells the same story as the log: one reset, one world change at the

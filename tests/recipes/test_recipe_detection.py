@@ -1,7 +1,6 @@
 """The detection recipe on tiny VOC (XML + JPEG) and COCO (JSON + JPEG) sets: bad input, SSD and
 YOLOv3 training locally and emulated, the mAP reduction in closed form, and a 2-worker KVStore run."""
 import functools
-import json
 import os
 import sys
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 import recipe_data
+from gluon_elastic import recipe
 
 pytest.importorskip("gluoncv")
 
@@ -64,9 +64,8 @@ def test_ssd_on_voc_trains_evaluates_and_checkpoints(voc_dir, tmp_path):
     assert (loop.trainer.iteration, loop.trainer.progress) == (4, 8)
     (_, metrics), = loop.history
     assert set(metrics) == {"mAP"} and 0.0 <= metrics["mAP"] <= 1.0
-    index = json.load(open(os.path.join(ckpt, "ssd_300_mobilenet0.25_voc-latest.json")))
-    assert index["sampler"]["epoch"] == 1 and index["iteration"] == 4
-    assert os.path.getsize(os.path.join(ckpt, index["states"])) > 0
+    index = recipe.latest_checkpoint(ckpt)
+    assert index["sampler"]["epoch"] == 1 and index["iteration"] == index["step"] == 4
 
 
 def test_yolo3_on_coco_emulated_two_workers(coco_dir):
@@ -130,7 +129,7 @@ def test_ssd_two_kvstore_workers(voc_dir, tmp_path):
     assert len(validation) == 1 and 0.0 <= validation[0]["mAP"] <= 1.0
     progress_sources = {line.split("]")[0] for line in log.splitlines() if "Epoch[" in line}
     assert len(progress_sources) == 1, progress_sources
-    index = json.load(open(os.path.join(ckpt, "ssd_300_mobilenet0.25_voc-latest.json")))
+    index = recipe.latest_checkpoint(ckpt)
     assert (index["world_size"], index["iteration"], index["progress"]) == (2, 2, 8)
 
 
@@ -150,5 +149,5 @@ def test_horovod_elastic_grow_one_to_two_workers(tmp_path, model):
     code, output = recipe_data.run_horovod_elastic(str(tmp_path), argv, "0:1;4:2", np_start=1,
                                                    min_np=1, max_np=2, timeout=230)
     assert code == 0, output[-4000:]
-    index = json.load(open(os.path.join(ckpt, model + "-latest.json")))
+    index = recipe.latest_checkpoint(ckpt)
     recipe_data.check_one_grow(output, index, num_train=48, local_batch_size=2, epochs=2)

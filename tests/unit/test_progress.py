@@ -83,3 +83,16 @@ def test_metrics_flags():
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["--metrics-interval", "0"])
     assert info.value.code == 2
+
+
+def test_listeners_hear_every_item_on_every_rank():
+    """What keeps a supervised worker's progress markers going through a long phase."""
+    from gluon_elastic import progress as module
+    calls = []
+    callback = module.add_listener(lambda: calls.append(1))
+    try:
+        items = list(module.progress(range(5), desc="validation", enabled=False))
+    finally:
+        module.remove_listener(callback)
+    assert items == [0, 1, 2, 3, 4] and len(calls) == 5
+    assert list(module.progress(range(3), enabled=False)) == [0, 1, 2] and len(calls) == 5
