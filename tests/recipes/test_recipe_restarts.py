@@ -1,0 +1,136 @@
+"""The classification recipe under the KVStore restart supervisor: resizes 2 -> 3 -> 1 and a
+worker killed in between, with one checkpoint system on disk and every committed sample of every
+epoch trained once.
+
+The supervisor follows a discovery schedule over rank 0's ``--progress-file``: 2 workers, 3 once 16
+samples are trained, 1 once 64 are (48 images, 2 epochs, per-worker batch 2). A thread SIGKILLs one
+worker once 28 samples are trained (world 3). The metrics file (rank 0's step records and the
+``restart`` events of relaunched groups) gives the committed steps: a restart at iteration k drops
+the steps recorded after k.
+"""
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+import recipe_data
+
+pytest.importorskip("gluoncv")
+from gluon_elastic import recipe  # noqa: E402
+from gluon_elastic.metrics import read_records  # noqa: E402
+
+ROOT = recipe_data.ROOT
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# pylint: disable-next=wrong-import-position
+from processes import kill_processes_with_token, processes_with_token  # noqa: E402
+
+# The classification tests' tiny configuration, and their RecordIO flags.
+from test_recipe_classification import TINY, rec_flags  # noqa: E402
+
+TOKEN_VAR = "GLUON_ELASTIC_RECIPE_RESTART_TEST_TOKEN"
+NUM_TRAIN, LOCAL_BATCH, EPOCHS = 48, 2, 2
+
+
+def _read_progress(path):
+    try:
+        with open(path) as fin:
+            return int(fin.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _kill_one_worker_at(progress_file, threshold, token, done, killed):
+    """SIGKILL one worker process of the job once rank 0 has trained ``threshold`` samples."""
+    while not done.is_set():
+        if _read_progress(progress_file) >= threshold:
+            workers = []
+            for pid in processes_with_token(TOKEN_VAR, token):
+                try:
+                    with open("/proc/%d/environ" % pid, "rb") as fin:
+                        if b"DMLC_ROLE=worker" in fin.read().split(b"\0"):
+                            workers.append(pid)
+                except OSError:
+                    continue
+            if workers:
+                victim = random.Random(7).choice(sorted(workers))
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+                return
+        time.sleep(0.1)
+
+
+def committed_steps(records):
+    """Step records of committed work: a restart at iteration k drops those recorded after k."""
+    steps = []
+    for record in records:
+        if record["kind"] == "step":
+            steps.append(record)
+        elif record["kind"] == "event" and record["event"] == "restart":
+            steps = [s for s in steps if s["iteration"] <= record["iteration"]]
+    return steps
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(600)
+def test_supervisor_resizes_2_3_1_with_a_kill_between(tmp_path):
+    rec_dir = recipe_data.make_imagenet_rec(str(tmp_path / "data"), num_train=NUM_TRAIN,
+                                            num_val=4, classes=4, size=40)
+    progress_file, ckpt = str(tmp_path / "progress"), str(tmp_path / "ckpt")
+    metrics_file, discover = str(tmp_path / "run.jsonl"), str(tmp_path / "discover.sh")
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "discovery.py"), "write",
+                    "--schedule", "0:2;16:3;64:1", "--progress-file", progress_file,
+                    "--out", discover], check=True, capture_output=True)
+    command = [sys.executable, "-m", "gluon_elastic.supervisor", "--host-discovery-script",
+               discover, "--checkpoint-dir", ckpt, "--discovery-interval", "0.5",
+               "--progress-timeout", "90", "--start-timeout", "240", "--max-restarts", "2", "--",
+               sys.executable, os.path.join(ROOT, "scripts", "classification",
+                                            "train_imagenet.py")]
+    command += TINY + rec_flags(rec_dir) + ["--local-batch-size", str(LOCAL_BATCH),
+                       "--epochs", str(EPOCHS), "--backend", "dist_sync", "--commit-interval",
+                       "2", "--progress-file", progress_file, "--metrics-file", metrics_file]
+    token = uuid.uuid4().hex
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, **{TOKEN_VAR: token})
+    done, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_one_worker_at,
+                              args=(progress_file, 28, token, done, killed), daemon=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killer.start()
+    try:
+        output, _ = proc.communicate(timeout=540)
+    finally:
+        done.set()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        leftovers = kill_processes_with_token(TOKEN_VAR, token)
+    assert leftovers == []
+    assert proc.returncode == 0, output[-5000:]
+    assert killed, "no worker was killed: " + output[-3000:]
+    assert "killed the group, restart 1" in output, output[-3000:]
+    assert output.count("membership changed to") == 2, output[-3000:]
+    # One checkpoint system on disk, and its newest file ends the run.
+    assert all(name.startswith("state-") for name in os.listdir(ckpt)), os.listdir(ckpt)
+    final = recipe.latest_checkpoint(ckpt)
+    assert (final["epoch"], final["world_size"]) == (EPOCHS, 1)
+    records = read_records(metrics_file)
+    worlds = [(r["world_size_from"], r["world_size"]) for r in records
+              if r["kind"] == "event" and r["event"] == "world_change"]
+    assert (2, 3) in worlds and worlds[-1] == (3, 1), worlds
+    steps = committed_steps(records)
+    assert [s["iteration"] for s in steps] == list(range(1, final["iteration"] + 1))
+    # Every epoch: each committed step takes the next global batch of the epoch's order, so the
+    # committed batches cover the epoch once, up to a tail shorter than the last global batch.
+    total = 0
+    for epoch in range(EPOCHS):
+        batches = [s["global_batch_size"] for s in steps if s["epoch"] == epoch]
+        assert batches and 0 <= NUM_TRAIN - sum(batches) < batches[-1], (epoch, batches)
+        total += sum(batches)
+    assert final["progress"] == total
