@@ -11,6 +11,23 @@ py="$venv/bin/python"
 stamp="$venv/.gluon_elastic_stamp"
 horovod_version=0.28.1
 
+# The multi-host tests (tests/multihost) need sshd, ip and tc. Checked before the stamp: a fresh
+# machine with a reused .venv still gets them. Only as root, with apt-get; elsewhere those tests
+# skip with the reason.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  [ -x /usr/bin/ssh ] || missing+=(openssh-client)
+  command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
+  command -v unshare >/dev/null || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "[bootstrap] installing ${missing[*]} for the multi-host tests (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+      || echo "[bootstrap] could not install ${missing[*]}; the multi-host tests will say why" >&2
+  fi
+fi
+
 want=$(cat "$root/requirements.txt" "$root/setup.py" "$root/tools/bootstrap.sh" | sha256sum | cut -c1-16)
 if [ -x "$py" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "$py"

@@ -1,0 +1,462 @@
+"""Hosts made of Linux network namespaces, each with its own address and a real ``sshd``.
+
+    from hosts import Hosts
+    with Hosts(3) as cluster:               # needs root, ip(8), sshd (tools/bootstrap.sh)
+        cluster.hosts                       # ['ge1a2b-h1', 'ge1a2b-h2', 'ge1a2b-h3']
+        cluster.interface                   # 'ge1a2b': the same name on every host and the head
+        env = cluster.env(os.environ)       # PATH leads to the cluster's own `ssh`
+        subprocess.run(["ssh", cluster.hosts[0], "hostname -I"], env=env)
+        cluster.kill_host(cluster.hosts[1]) # every process of that namespace, SIGKILL at once
+        cluster.link_down(cluster.hosts[2]) # a cable pulled: no reset packet reaches anyone
+
+Layout: a bridge named :attr:`Hosts.interface` in the root namespace (the head, where drivers and
+supervisors run) holds the first address of a private /24 (10.197.X.0/24, X chosen so that no
+interface or route of this machine overlaps it); every host is a namespace whose end of a veth
+pair carries the same name and the next address. Gloo takes one interface name
+(``--network-interface``), which is why the names match. Names resolve through lines this
+harness appends to ``/etc/hosts`` (marked with its id) and removes at the end.
+
+``ssh``: a private directory (``/run/gluon_elastic-hosts-<id>``, mode 0700; ``sshd``'s
+StrictModes refuses keys under world-writable directories such as ``/tmp``) holds a host key, a
+client key, ``authorized_keys``, ``known_hosts``, an ``sshd_config``, an ``ssh_config`` and
+``bin/ssh``, a wrapper that runs ``/usr/bin/ssh -F <ssh_config>``. OpenSSH reads ``~/.ssh`` from
+the password database, not from ``$HOME``, so the wrapper and its config are how this harness
+avoids the user's ``~/.ssh``, which it never touches. The wrapper also runs every remote command
+under :mod:`gluon_elastic.hostguard`, so that a worker dies with its ``ssh`` session (``ssh``
+without a terminal sends no hang-up). Keep-alives bound how long a dead link goes unnoticed:
+the client gives up after ``ServerAliveInterval`` x ``ServerAliveCountMax`` = 2 s x 3, ``sshd``
+after ``ClientAliveInterval`` x ``ClientAliveCountMax`` = 2 s x 3.
+
+Teardown (:meth:`Hosts.close`, also registered with :mod:`atexit`) kills every process of every
+namespace (``sshd`` and whatever it started), deletes the namespaces and the bridge, removes the
+``/etc/hosts`` lines and the private directory. It runs once, whatever failed before.
+"""
+import atexit
+import ipaddress
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SSHD = "/usr/sbin/sshd"
+SSH = "/usr/bin/ssh"
+ETC_HOSTS = "/etc/hosts"
+GUARD = os.path.join(ROOT, "gluon_elastic", "hostguard.py")
+# Set in CI (.ci/run): the multi-host tests fail instead of skipping when hosts cannot be made.
+REQUIRE_VAR = "GLUON_ELASTIC_REQUIRE_MULTIHOST"
+# Keep-alive interval and count of the ssh client and of sshd (seconds, probes).
+ALIVE_INTERVAL = 2
+ALIVE_COUNT = 3
+
+__all__ = ["Hosts", "unavailable_reason", "REQUIRE_VAR"]
+
+
+def _run(argv, check=True, timeout=30):
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(argv), result.returncode,
+                                                   (result.stderr or result.stdout).strip()))
+    return result
+
+
+def unavailable_reason():
+    """Why namespace hosts cannot be made here, or None when they can.
+
+    Returns
+    -------
+    str or None
+        A sentence naming what is missing (not root, no ``ip``, no ``sshd``, namespaces refused).
+    """
+    if os.geteuid() != 0:
+        return "network namespaces need root (running as uid %d)" % os.geteuid()
+    for tool in ("ip", "tc", "ssh-keygen", "unshare"):
+        if shutil.which(tool) is None:
+            return "%s is not installed (tools/bootstrap.sh installs iproute2 and openssh)" % tool
+    for path in (SSHD, SSH):
+        if not os.path.exists(path):
+            return "%s is missing (tools/bootstrap.sh installs openssh-server as root)" % path
+    probe = "ge-probe-%d" % os.getpid()
+    result = _run(["ip", "netns", "add", probe], check=False)
+    if result.returncode != 0:
+        return "cannot create a network namespace: %s" % result.stderr.strip()
+    _run(["ip", "netns", "del", probe], check=False)
+    return None
+
+
+def _free_subnet():
+    """A 10.197.X.0/24 that no address or route of this machine overlaps."""
+    used = _run(["ip", "-4", "-o", "addr"]).stdout + _run(["ip", "-4", "route"]).stdout
+    networks = []
+    for token in used.split():
+        try:
+            networks.append(ipaddress.ip_network(token, strict=False))
+        except ValueError:
+            continue
+    choices = list(range(1, 255))
+    random.shuffle(choices)
+    for third in choices:
+        candidate = ipaddress.ip_network("10.197.%d.0/24" % third)
+        if not any(candidate.overlaps(net) for net in networks):
+            return candidate
+    raise RuntimeError("no free 10.197.X.0/24 subnet")
+
+
+class Hosts:
+    """``count`` namespace hosts with ``sshd``, on a private bridge (see the module docstring).
+
+    Parameters
+    ----------
+    count : int
+        Number of hosts.
+    shape : dict, optional
+        ``tc netem`` shaping of every host's link, e.g. ``{"rate": "10gbit", "delay": "0.1ms"}``
+        (applied to what each host sends, so a message between two hosts crosses it once).
+
+    Attributes
+    ----------
+    ident : str
+        4 hex digits naming this harness's namespaces, interface and ``/etc/hosts`` lines.
+    hosts : list of str
+        Host names, ``ge<ident>-h1`` ...
+    addresses : dict
+        Host name -> its IPv4 address.
+    head_address : str
+        The head's (root namespace's) address on the bridge.
+    interface : str
+        Name of the interface of every host and of the head's bridge.
+    directory : str
+        The private directory with keys and configurations.
+    """
+
+    def __init__(self, count, shape=None):
+        self.count = count
+        self.shape_spec = shape
+        self.ident = "%04x" % random.randrange(1 << 16)
+        self.interface = "ge%s" % self.ident
+        self.hosts = ["ge%s-h%d" % (self.ident, i + 1) for i in range(count)]
+        self.namespaces = {host: "gluon_elastic-%s" % host for host in self.hosts}
+        self.addresses = {}
+        self.head_address = None
+        self.directory = None
+        self.sshd = {}
+        self.shaping = {"rate": None, "delay": None, "qdisc": None}
+        self._hosts_line_marker = "# gluon_elastic hosts %s" % self.ident
+        self._closed = False
+        self._started = False
+
+    # -------------------------------------------------------------------------------- set-up
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *_exc):
+        self.close()
+
+    def start(self):
+        """Create namespaces, links, addresses, keys, ``sshd`` and names; returns ``self``."""
+        atexit.register(self.close)
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self):
+        subnet = _free_subnet()
+        addresses = [str(a) for a in subnet.hosts()]
+        self.head_address = addresses[0]
+        self.directory = tempfile.mkdtemp(prefix="gluon_elastic-hosts-%s-" % self.ident,
+                                          dir="/run")
+        os.chmod(self.directory, 0o700)
+        _run(["ip", "link", "add", self.interface, "type", "bridge"])
+        _run(["ip", "addr", "add", "%s/24" % self.head_address, "dev", self.interface])
+        _run(["ip", "link", "set", self.interface, "up"])
+        for index, host in enumerate(self.hosts):
+            namespace = self.namespaces[host]
+            address = addresses[index + 1]
+            self.addresses[host] = address
+            peer = "%sp%d" % (self.interface, index + 1)
+            inside = "%sn%d" % (self.interface, index + 1)
+            _run(["ip", "netns", "add", namespace])
+            _run(["ip", "link", "add", peer, "type", "veth", "peer", "name", inside])
+            _run(["ip", "link", "set", peer, "master", self.interface, "up"])
+            _run(["ip", "link", "set", inside, "netns", namespace])
+            # Renamed inside the namespace, where the name is free: every host gets the same one.
+            _run(["ip", "-n", namespace, "link", "set", inside, "name", self.interface])
+            _run(["ip", "-n", namespace, "addr", "add", "%s/24" % address, "dev",
+                  self.interface])
+            _run(["ip", "-n", namespace, "link", "set", self.interface, "up"])
+            _run(["ip", "-n", namespace, "link", "set", "lo", "up"])
+        if self.shape_spec:
+            self.shape(**self.shape_spec)
+        self._write_names()
+        self._write_ssh_files()
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        for host in self.hosts:
+            self._start_sshd(host)
+        self.wait_for_ssh()
+
+    def _write_names(self):
+        lines = ["%s %s %s\n" % (self.addresses[h], h, self._hosts_line_marker)
+                 for h in self.hosts]
+        # Appended in place: /etc/hosts may be a bind mount that cannot be replaced.
+        with open(ETC_HOSTS, "a") as fout:
+            fout.write("".join(lines))
+
+    def _write_ssh_files(self):
+        d = self.directory
+        for key in ("host_key", "id_ed25519"):
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gluon_elastic-hosts",
+                  "-f", os.path.join(d, key)])
+        with open(os.path.join(d, "id_ed25519.pub")) as fin:
+            client_key = fin.read()
+        with open(os.path.join(d, "host_key.pub")) as fin:
+            host_key = " ".join(fin.read().split()[:2])
+        self._write(os.path.join(d, "authorized_keys"), client_key, 0o600)
+        self._write(os.path.join(d, "known_hosts"), "".join(
+            "%s,%s %s\n" % (h, self.addresses[h], host_key) for h in self.hosts), 0o600)
+        self._write(os.path.join(d, "sshd_config"), "\n".join([
+            "HostKey %s/host_key" % d,
+            "AuthorizedKeysFile %s/authorized_keys" % d,
+            "PermitRootLogin prohibit-password",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes yes",
+            "UseDNS no",
+            "ClientAliveInterval %d" % ALIVE_INTERVAL,
+            "ClientAliveCountMax %d" % ALIVE_COUNT,
+            "MaxStartups 200",
+            "MaxSessions 200",
+            "LogLevel ERROR",
+            ""]), 0o600)
+        self._write(os.path.join(d, "ssh_config"), "\n".join([
+            "Host *",
+            "  User root",
+            "  IdentityFile %s/id_ed25519" % d,
+            "  IdentitiesOnly yes",
+            "  UserKnownHostsFile %s/known_hosts" % d,
+            "  GlobalKnownHostsFile /dev/null",
+            "  StrictHostKeyChecking yes",
+            "  PasswordAuthentication no",
+            "  BatchMode yes",
+            "  ServerAliveInterval %d" % ALIVE_INTERVAL,
+            "  ServerAliveCountMax %d" % ALIVE_COUNT,
+            "  ConnectTimeout 10",
+            "  LogLevel ERROR",
+            ""]), 0o600)
+        os.makedirs(os.path.join(d, "bin"), mode=0o700)
+        # The remote command becomes `exec PYTHON GUARD -- bash -c 'COMMAND'`: it dies with its
+        # session. The last argument is the remote command both for Horovod's launching
+        # (`ssh -o ... HOST 'cd ...; env ... python ...'`) and for gluon_elastic.supervisor.
+        self._write(os.path.join(d, "bin", "ssh"), "\n".join([
+            "#!/bin/bash",
+            "args=(\"$@\")",
+            "last=${args[-1]}",
+            "unset 'args[-1]'",
+            "printf -v quoted %q \"$last\"",
+            "exec %s -F %s \"${args[@]}\" \"exec %s %s -- bash -c $quoted\"" % (
+                SSH, shlex.quote(os.path.join(d, "ssh_config")), shlex.quote(sys.executable),
+                shlex.quote(GUARD)),
+            ""]), 0o700)
+
+    @staticmethod
+    def _write(path, text, mode):
+        with open(path, "w") as fout:
+            fout.write(text)
+        os.chmod(path, mode)
+
+    def _start_sshd(self, host):
+        log = open(os.path.join(self.directory, "sshd.%s.log" % host), "wb")
+        # A UTS namespace too, named after the host: gethostname() there resolves to the host's
+        # own address, as on a real machine. Horovod 0.28.1 builds the Gloo device of its process
+        # sets from the host name, not from HOROVOD_GLOO_IFACE; with the head's name a worker
+        # would offer 127.0.0.1 to its peers.
+        sshd = [SSHD, "-D", "-e", "-f", os.path.join(self.directory, "sshd_config"),
+                "-o", "ListenAddress=%s" % self.addresses[host],
+                "-o", "PidFile=%s/sshd.%s.pid" % (self.directory, host)]
+        self.sshd[host] = subprocess.Popen(
+            ["ip", "netns", "exec", self.namespaces[host], "unshare", "--uts", "sh", "-c",
+             'hostname "$0" && exec "$@"', host] + sshd,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        log.close()
+
+    def wait_for_ssh(self, hosts=None, timeout=30.0):
+        """Wait until ``ssh HOST true`` works on every host (or ``hosts``)."""
+        env = self.env(os.environ)
+        deadline = time.monotonic() + timeout
+        for host in hosts or self.hosts:
+            while True:
+                result = subprocess.run(["ssh", host, "true"], env=env, capture_output=True,
+                                        text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                        check=False)
+                if result.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("ssh %s never answered: %s" % (host, result.stderr))
+                time.sleep(0.2)
+
+    # ------------------------------------------------------------------------------- helpers
+    @property
+    def ssh_wrapper(self):
+        """Path of the ``ssh`` wrapper (``bin/ssh`` in the private directory)."""
+        return os.path.join(self.directory, "bin", "ssh")
+
+    def env(self, base=None):
+        """``base`` (default: ``os.environ``) with the wrapper's directory first on ``PATH``."""
+        env = dict(os.environ if base is None else base)
+        env["PATH"] = os.path.join(self.directory, "bin") + os.pathsep + env.get("PATH", "")
+        return env
+
+    def pids(self, host):
+        """Pids of every process in ``host``'s namespace (``sshd`` included)."""
+        result = _run(["ip", "netns", "pids", self.namespaces[host]], check=False)
+        return [int(pid) for pid in result.stdout.split()]
+
+    def worker_pids(self, host):
+        """Pids in ``host``'s namespace other than its listening ``sshd`` and ``ip netns exec``."""
+        keep = set()
+        proc = self.sshd.get(host)
+        if proc is not None:
+            keep.add(proc.pid)
+            try:
+                with open(os.path.join(self.directory, "sshd.%s.pid" % host)) as fin:
+                    keep.add(int(fin.read().strip()))
+            except (OSError, ValueError):
+                pass
+        return [pid for pid in self.pids(host) if pid not in keep]
+
+    def leftovers(self):
+        """``{host: [pids]}`` of processes other than the listening ``sshd`` on each host."""
+        found = {}
+        for host in self.hosts:
+            pids = [pid for pid in self.worker_pids(host) if _alive(pid)]
+            if pids:
+                found[host] = [(pid, _cmdline(pid)) for pid in pids]
+        return found
+
+    def kill_host(self, host):
+        """SIGKILL every process of ``host``'s namespace at once (its ``sshd`` too)."""
+        pids = self.pids(host)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
+
+    def link_down(self, host):
+        """Set ``host``'s link down: nothing it sends or is sent arrives, no reset included."""
+        _run(["ip", "-n", self.namespaces[host], "link", "set", self.interface, "down"])
+
+    def link_up(self, host):
+        """Bring ``host``'s link back."""
+        _run(["ip", "-n", self.namespaces[host], "link", "set", self.interface, "up"])
+
+    def shape(self, rate=None, delay=None):
+        """Shape every host's outgoing link (e.g. ``rate="10gbit"``, ``delay="0.1ms"``).
+
+        ``tc netem`` gives both; a kernel without netem (``sch_netem`` not built) gets the rate
+        alone from ``tc tbf``, and :attr:`shaping` says so (``delay`` None).
+
+        Returns
+        -------
+        dict
+            :attr:`shaping`: the ``rate`` and ``delay`` in force and the ``qdisc`` used.
+        """
+        applied = None
+        for host in self.hosts:
+            base = ["ip", "netns", "exec", self.namespaces[host], "tc", "qdisc", "replace", "dev",
+                    self.interface, "root"]
+            if applied in (None, "netem") and (delay or applied == "netem"):
+                spec = (["delay", delay] if delay else []) + (["rate", rate] if rate else [])
+                result = _run(base + ["netem"] + spec + ["limit", "100000"], check=False)
+                if result.returncode == 0:
+                    applied = "netem"
+                    continue
+                if applied == "netem" or "unknown" not in result.stderr or not rate:
+                    raise RuntimeError("tc netem on %s: %s" % (host, result.stderr.strip()))
+            if rate:
+                # Bucket of 4 MB: above rate / HZ for 10 Gbit/s, so the rate is reachable.
+                _run(base + ["tbf", "rate", rate, "burst", "4mb", "latency", "50ms"])
+                applied = "tbf"
+        self.shaping = {"rate": rate, "delay": delay if applied == "netem" else None,
+                        "qdisc": applied}
+        return self.shaping
+
+    # ------------------------------------------------------------------------------ teardown
+    def close(self):
+        """Remove everything this harness made (idempotent; never raises)."""
+        if self._closed or not self._started:
+            return
+        self._closed = True
+        for host in self.hosts:
+            namespace = self.namespaces[host]
+            for _ in range(3):  # processes may fork while they are killed
+                pids = self.pids(host) if _exists_netns(namespace) else []
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.1)
+        for proc in self.sshd.values():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for host in self.hosts:
+            _run(["ip", "netns", "del", self.namespaces[host]], check=False)
+        _run(["ip", "link", "del", self.interface], check=False)
+        try:
+            with open(ETC_HOSTS, "r+") as fio:
+                lines = fio.readlines()
+                kept = [line for line in lines if self._hosts_line_marker not in line]
+                if kept != lines:
+                    fio.seek(0)
+                    fio.writelines(kept)
+                    fio.truncate()
+        except OSError:
+            pass
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def remaining(self):
+        """What of this harness still exists: namespaces, links, ``/etc/hosts`` lines."""
+        left = [ns for ns in self.namespaces.values() if _exists_netns(ns)]
+        if _run(["ip", "link", "show", self.interface], check=False).returncode == 0:
+            left.append("link %s" % self.interface)
+        with open(ETC_HOSTS) as fin:
+            left.extend(line.strip() for line in fin if self._hosts_line_marker in line)
+        return left
+
+
+def _exists_netns(namespace):
+    return os.path.exists(os.path.join("/run/netns", namespace))
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as fin:
+            return fin.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as fin:
+            return fin.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
