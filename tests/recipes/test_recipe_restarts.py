@@ -1,6 +1,9 @@
-"""The classification recipe under the KVStore restart supervisor: resizes 2 -> 3 -> 1 and a
-worker killed in between, with one checkpoint system on disk and every committed sample of every
-epoch trained once.
+"""The classification recipe under both launchers: resizes 2 -> 3 -> 1 and a worker killed in
+between, with one checkpoint system on disk and every committed sample of every epoch trained once.
+
+KVStore: the restart supervisor relaunches the group for every change. Horovod: the project's
+launcher changes the world in place (three one-slot names of this machine) and makes commits
+durable in its checkpoint directory.
 
 The supervisor follows a discovery schedule over rank 0's ``--progress-file``: 2 workers, 3 once 16
 samples are trained, 1 once 64 are (48 images, 2 epochs, per-worker batch 2). A thread SIGKILLs one
@@ -29,7 +32,8 @@ ROOT = recipe_data.ROOT
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 # pylint: disable-next=wrong-import-position
-from processes import kill_processes_with_token, processes_with_token  # noqa: E402
+from processes import (kill_processes_with_token, loopback_hosts,  # noqa: E402
+                       processes_with_token, run_elastic_horovodrun)
 
 # The classification tests' tiny configuration, and their RecordIO flags.
 from test_recipe_classification import TINY, rec_flags  # noqa: E402
@@ -46,15 +50,16 @@ def _read_progress(path):
         return 0
 
 
-def _kill_one_worker_at(progress_file, threshold, token, done, killed):
-    """SIGKILL one worker process of the job once rank 0 has trained ``threshold`` samples."""
+def _kill_one_worker_at(progress_file, threshold, token, done, killed, marker=b"DMLC_ROLE=worker"):
+    """SIGKILL one worker process of the job (its environment holds ``marker``) once rank 0 has
+    trained ``threshold`` samples."""
     while not done.is_set():
         if _read_progress(progress_file) >= threshold:
             workers = []
             for pid in processes_with_token(TOKEN_VAR, token):
                 try:
                     with open("/proc/%d/environ" % pid, "rb") as fin:
-                        if b"DMLC_ROLE=worker" in fin.read().split(b"\0"):
+                        if marker in fin.read().split(b"\0"):
                             workers.append(pid)
                 except OSError:
                     continue
@@ -67,14 +72,37 @@ def _kill_one_worker_at(progress_file, threshold, token, done, killed):
 
 
 def committed_steps(records):
-    """Step records of committed work: a restart at iteration k drops those recorded after k."""
+    """Step records of committed work: a restart or rollback to iteration k drops those recorded
+    after k."""
     steps = []
     for record in records:
         if record["kind"] == "step":
             steps.append(record)
-        elif record["kind"] == "event" and record["event"] == "restart":
+        elif record["kind"] == "event" and record["event"] in ("restart", "rollback"):
             steps = [s for s in steps if s["iteration"] <= record["iteration"]]
     return steps
+
+
+def check_committed_work(ckpt, metrics_file, final_world):
+    """One checkpoint system on disk; the committed batches cover every epoch once."""
+    assert all(name.startswith("state-") for name in os.listdir(ckpt)), os.listdir(ckpt)
+    final = recipe.latest_checkpoint(ckpt)
+    assert (final["epoch"], final["world_size"]) == (EPOCHS, final_world)
+    records = read_records(metrics_file)
+    worlds = [(r["world_size_from"], r["world_size"]) for r in records
+              if r["kind"] == "event" and r["event"] == "world_change"]
+    assert (2, 3) in worlds and worlds[-1][1] == final_world, worlds
+    steps = committed_steps(records)
+    assert [s["iteration"] for s in steps] == list(range(1, final["iteration"] + 1))
+    # Every epoch: each committed step takes the next global batch of the epoch's order, so the
+    # committed batches cover the epoch once, up to a tail shorter than the last global batch.
+    total = 0
+    for epoch in range(EPOCHS):
+        batches = [s["global_batch_size"] for s in steps if s["epoch"] == epoch]
+        assert batches and 0 <= NUM_TRAIN - sum(batches) < batches[-1], (epoch, batches)
+        total += sum(batches)
+    assert final["progress"] == total
+    return records
 
 
 @pytest.mark.dist
@@ -116,21 +144,42 @@ def test_supervisor_resizes_2_3_1_with_a_kill_between(tmp_path):
     assert killed, "no worker was killed: " + output[-3000:]
     assert "killed the group, restart 1" in output, output[-3000:]
     assert output.count("membership changed to") == 2, output[-3000:]
-    # One checkpoint system on disk, and its newest file ends the run.
-    assert all(name.startswith("state-") for name in os.listdir(ckpt)), os.listdir(ckpt)
-    final = recipe.latest_checkpoint(ckpt)
-    assert (final["epoch"], final["world_size"]) == (EPOCHS, 1)
-    records = read_records(metrics_file)
-    worlds = [(r["world_size_from"], r["world_size"]) for r in records
-              if r["kind"] == "event" and r["event"] == "world_change"]
-    assert (2, 3) in worlds and worlds[-1] == (3, 1), worlds
-    steps = committed_steps(records)
-    assert [s["iteration"] for s in steps] == list(range(1, final["iteration"] + 1))
-    # Every epoch: each committed step takes the next global batch of the epoch's order, so the
-    # committed batches cover the epoch once, up to a tail shorter than the last global batch.
-    total = 0
-    for epoch in range(EPOCHS):
-        batches = [s["global_batch_size"] for s in steps if s["epoch"] == epoch]
-        assert batches and 0 <= NUM_TRAIN - sum(batches) < batches[-1], (epoch, batches)
-        total += sum(batches)
-    assert final["progress"] == total
+    check_committed_work(ckpt, metrics_file, final_world=1)
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(len(loopback_hosts()) < 3, reason="needs 3 names of this machine, found %s"
+                    % loopback_hosts())
+def test_horovod_launcher_resizes_2_3_1_with_a_kill_between(tmp_path):
+    first, second, third = loopback_hosts()[:3]
+    rec_dir = recipe_data.make_imagenet_rec(str(tmp_path / "data"), num_train=NUM_TRAIN,
+                                            num_val=4, classes=4, size=40)
+    work, ckpt = str(tmp_path / "job"), str(tmp_path / "ckpt")
+    metrics_file = str(tmp_path / "run.jsonl")
+    schedule = "0:{a}:1,{b}:1;16:{a}:1,{b}:1,{c}:1;64:{a}:1".format(a=first, b=second, c=third)
+    argv = [sys.executable, os.path.join(ROOT, "scripts", "classification", "train_imagenet.py")]
+    argv += TINY + rec_flags(rec_dir) + ["--local-batch-size", str(LOCAL_BATCH), "--epochs",
+                                         str(EPOCHS), "--backend", "horovod",
+                                         "--commit-interval", "2", "--metrics-file", metrics_file]
+    token = uuid.uuid4().hex
+    done, killed = threading.Event(), []
+    # The worker on the third host dies in the world of 3; its host is blacklisted, and the
+    # schedule drops it later anyway.
+    killer = threading.Thread(target=_kill_one_worker_at, daemon=True, args=(
+        os.path.join(work, "progress"), 28, token, done, killed,
+        ("HOROVOD_HOSTNAME=%s" % third).encode()))
+    killer.start()
+    try:
+        code, output = run_elastic_horovodrun(
+            work, argv, schedule, 2, 1, 3, 540,
+            env_extra={TOKEN_VAR: token, "HOROVOD_GLOO_TIMEOUT_SECONDS": "60"},
+            launcher_args=["--checkpoint-dir", ckpt, "--max-restarts", "2"])
+    finally:
+        done.set()
+        leftovers = kill_processes_with_token(TOKEN_VAR, token)
+    assert leftovers == []
+    assert code == 0, output[-5000:]
+    assert killed, "no worker was killed: " + output[-3000:]
+    records = check_committed_work(ckpt, metrics_file, final_world=1)
+    assert any(r["kind"] == "event" and r["event"] == "failure" for r in records), records
