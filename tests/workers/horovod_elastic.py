@@ -10,7 +10,10 @@ Started by ``horovodrun --host-discovery-script`` from tests/dist/test_horovod_e
 - ``--exits 'ITER:RANK:ACTION[:WORLD];...'``: the worker holding RANK at iteration ITER acts once
   (a marker file remembers it): ``kill`` SIGKILLs itself, ``raise`` raises, ``stop`` SIGSTOPs
   itself and is continued 10 s later by a helper process, ``kill-driver`` SIGKILLs the
-  ``gluon_elastic.horovodrun`` driver that started it. With WORLD, all ranks first wait (polling
+  ``gluon_elastic.horovodrun`` driver that started it, ``hold`` makes every rank wait before the
+  step until the file ``release.ITER`` exists in the log directory (RANK records the hold with
+  the host of every rank; a test acts on hosts meanwhile, then releases; once released, a rerun
+  of ITER after a reset does not hold again). With WORLD, all ranks first wait (polling
   ``state.check_host_updates()``) until the world has WORLD workers.
 - Rank 0 appends to ``rank0.jsonl``: ``start`` records after every (re)start of the training
   function (generation, world, iteration, progress, every rank's parameter and momentum digests),
@@ -90,8 +93,10 @@ def digest(arrays):
     return sha.hexdigest()
 
 
-EXIT_ACTIONS = ("kill", "raise", "stop", "kill-driver")
+EXIT_ACTIONS = ("kill", "raise", "stop", "kill-driver", "hold")
 STOP_SECONDS = 10
+# Longest a held rank waits for its release file.
+HOLD_SECONDS = 300
 
 
 def parse_exits(text):
@@ -237,7 +242,8 @@ def main(argv=None):
 
     def act(iteration, rank, action, world):
         marker = os.path.join(args.log_dir, "exit.%d.%d" % (iteration, rank))
-        if os.path.exists(marker):
+        release = os.path.join(args.log_dir, "release.%d" % iteration)
+        if os.path.exists(release if action == "hold" else marker):
             return
         if world is not None:
             deadline = time.time() + 120
@@ -247,6 +253,18 @@ def main(argv=None):
                                        % (trainer.world_size, world, action, iteration))
                 time.sleep(0.1)
                 state.check_host_updates()
+        if action == "hold":
+            # Every rank: the release file cannot exist yet, it follows RANK's record.
+            hosts = backend.allgather_object(os.environ.get("HOROVOD_HOSTNAME"))
+            if trainer.rank == rank:
+                recorder.rank0({"event": "hold", "iteration": iteration, "rank": rank,
+                                "world_size": trainer.world_size, "hosts": hosts})
+            deadline = time.time() + HOLD_SECONDS
+            while not os.path.exists(release):
+                if time.time() > deadline:
+                    raise RuntimeError("no release of the hold at iteration %d" % iteration)
+                time.sleep(0.05)
+            return
         if trainer.rank != rank:
             return
         open(marker, "w").close()
