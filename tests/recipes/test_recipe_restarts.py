@@ -83,15 +83,17 @@ def committed_steps(records):
     return steps
 
 
-def check_committed_work(ckpt, metrics_file, final_world):
-    """One checkpoint system on disk; the committed batches cover every epoch once."""
+def check_committed_work(ckpt, metrics_file, final_world, num_train=NUM_TRAIN, worlds=((2, 3),)):
+    """One checkpoint system on disk; the committed batches cover every epoch once; ``worlds``
+    are changes the metrics must show."""
     assert all(name.startswith("state-") for name in os.listdir(ckpt)), os.listdir(ckpt)
     final = recipe.latest_checkpoint(ckpt)
     assert (final["epoch"], final["world_size"]) == (EPOCHS, final_world)
     records = read_records(metrics_file)
-    worlds = [(r["world_size_from"], r["world_size"]) for r in records
-              if r["kind"] == "event" and r["event"] == "world_change"]
-    assert (2, 3) in worlds and worlds[-1][1] == final_world, worlds
+    changes = [(r["world_size_from"], r["world_size"]) for r in records
+               if r["kind"] == "event" and r["event"] == "world_change"]
+    assert all(change in changes for change in worlds), changes
+    assert not changes or changes[-1][1] == final_world, changes
     steps = committed_steps(records)
     assert [s["iteration"] for s in steps] == list(range(1, final["iteration"] + 1))
     # Every epoch: each committed step takes the next global batch of the epoch's order, so the
@@ -99,35 +101,30 @@ def check_committed_work(ckpt, metrics_file, final_world):
     total = 0
     for epoch in range(EPOCHS):
         batches = [s["global_batch_size"] for s in steps if s["epoch"] == epoch]
-        assert batches and 0 <= NUM_TRAIN - sum(batches) < batches[-1], (epoch, batches)
+        assert batches and 0 <= num_train - sum(batches) < batches[-1], (epoch, batches)
         total += sum(batches)
     assert final["progress"] == total
     return records
 
 
-@pytest.mark.dist
-@pytest.mark.timeout(600)
-def test_supervisor_resizes_2_3_1_with_a_kill_between(tmp_path):
-    rec_dir = recipe_data.make_imagenet_rec(str(tmp_path / "data"), num_train=NUM_TRAIN,
-                                            num_val=4, classes=4, size=40)
-    progress_file, ckpt = str(tmp_path / "progress"), str(tmp_path / "ckpt")
-    metrics_file, discover = str(tmp_path / "run.jsonl"), str(tmp_path / "discover.sh")
+def supervise_with_a_kill(tmp_path, recipe_argv, schedule, kill_at):
+    """Run a recipe under the supervisor with schedule-driven discovery; SIGKILL one worker once
+    rank 0 has trained ``kill_at`` samples. Returns the supervisor's output (exit 0 asserted)."""
+    progress_file, discover = str(tmp_path / "progress"), str(tmp_path / "discover.sh")
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "discovery.py"), "write",
-                    "--schedule", "0:2;16:3;64:1", "--progress-file", progress_file,
-                    "--out", discover], check=True, capture_output=True)
+                    "--schedule", schedule, "--progress-file", progress_file, "--out", discover],
+                   check=True, capture_output=True)
     command = [sys.executable, "-m", "gluon_elastic.supervisor", "--host-discovery-script",
-               discover, "--checkpoint-dir", ckpt, "--discovery-interval", "0.5",
-               "--progress-timeout", "90", "--start-timeout", "240", "--max-restarts", "2", "--",
-               sys.executable, os.path.join(ROOT, "scripts", "classification",
-                                            "train_imagenet.py")]
-    command += TINY + rec_flags(rec_dir) + ["--local-batch-size", str(LOCAL_BATCH),
-                       "--epochs", str(EPOCHS), "--backend", "dist_sync", "--commit-interval",
-                       "2", "--progress-file", progress_file, "--metrics-file", metrics_file]
+               discover, "--checkpoint-dir", str(tmp_path / "ckpt"), "--discovery-interval",
+               "0.5", "--progress-timeout", "90", "--start-timeout", "240", "--max-restarts", "2",
+               "--", sys.executable] + list(recipe_argv) + [
+               "--backend", "dist_sync", "--commit-interval", "2", "--progress-file",
+               progress_file, "--metrics-file", str(tmp_path / "run.jsonl")]
     token = uuid.uuid4().hex
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, **{TOKEN_VAR: token})
     done, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_one_worker_at,
-                              args=(progress_file, 28, token, done, killed), daemon=True)
+                              args=(progress_file, kill_at, token, done, killed), daemon=True)
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     killer.start()
@@ -143,8 +140,45 @@ def test_supervisor_resizes_2_3_1_with_a_kill_between(tmp_path):
     assert proc.returncode == 0, output[-5000:]
     assert killed, "no worker was killed: " + output[-3000:]
     assert "killed the group, restart 1" in output, output[-3000:]
+    return output
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(600)
+def test_supervisor_resizes_2_3_1_with_a_kill_between(tmp_path):
+    rec_dir = recipe_data.make_imagenet_rec(str(tmp_path / "data"), num_train=NUM_TRAIN,
+                                            num_val=4, classes=4, size=40)
+    argv = [os.path.join(ROOT, "scripts", "classification", "train_imagenet.py")]
+    argv += TINY + rec_flags(rec_dir) + ["--local-batch-size", str(LOCAL_BATCH),
+                                         "--epochs", str(EPOCHS)]
+    output = supervise_with_a_kill(tmp_path, argv, "0:2;16:3;64:1", kill_at=28)
     assert output.count("membership changed to") == 2, output[-3000:]
-    check_committed_work(ckpt, metrics_file, final_world=1)
+    check_committed_work(str(tmp_path / "ckpt"), str(tmp_path / "run.jsonl"), final_world=1)
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_supervisor_restarts_a_killed_recipe(task, tmp_path):
+    """SSD and FCN: 2 workers, one killed, the group relaunched from the last checkpoint."""
+    from test_recipe_detection import TINY as DETECTION
+    from test_recipe_segmentation import TINY as SEGMENTATION
+
+    if task == "detection":
+        data = recipe_data.make_voc_detection(str(tmp_path / "data"), num_train=NUM_TRAIN // 2,
+                                              num_val=2, size=64)
+        argv = [os.path.join(ROOT, "scripts", "detection", "train_detection.py")] + DETECTION + [
+            "--data-dir", data, "--train-splits", "2007_trainval", "--model",
+            "ssd_300_mobilenet0.25_voc"]
+    else:
+        data = recipe_data.make_voc_segmentation(str(tmp_path / "data"), num_train=NUM_TRAIN // 2,
+                                                 num_val=2, size=40)
+        argv = [os.path.join(ROOT, "scripts", "segmentation", "train_segmentation.py")] + \
+            SEGMENTATION + ["--data-dir", data]
+    argv += ["--local-batch-size", str(LOCAL_BATCH), "--epochs", str(EPOCHS)]
+    supervise_with_a_kill(tmp_path, argv, "0:2", kill_at=8)
+    check_committed_work(str(tmp_path / "ckpt"), str(tmp_path / "run.jsonl"), final_world=2,
+                         num_train=NUM_TRAIN // 2, worlds=[])
 
 
 @pytest.mark.dist
