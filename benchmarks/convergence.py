@@ -4,9 +4,10 @@ One command regenerates every raw number, table and figure (its plan and a progr
 first; about 55 minutes on a shared 2-core CPU):
 
     .venv/bin/python benchmarks/convergence.py                  # the CPU study
-    .venv/bin/python benchmarks/convergence.py --render-only    # tables, figures, README block from the JSON
-    .venv/bin/python benchmarks/convergence.py --scale gpu      # 5 seeds, a BatchNorm CNN, on gpu(0)
-    .venv/bin/python benchmarks/convergence.py --scale gpu --dry-run   # its plan, one tiny run on CPU
+    .venv/bin/python benchmarks/convergence.py --render-only    # tables, figures from the JSON
+    .venv/bin/python benchmarks/convergence.py --resume         # finish a stopped study
+    .venv/bin/python benchmarks/convergence.py --scale gpu      # 5 seeds, a BatchNorm CNN, gpu(0)
+    .venv/bin/python benchmarks/convergence.py --scale gpu --dry-run   # its plan, a tiny CPU run
 
 Data
 ----
@@ -111,6 +112,8 @@ METHOD_LABELS = {
     "adascale": "AdaScale (gain ramped, T = 8k)",
 }
 DYNAMIC = ("dynamic_T8", "dynamic_T8k", "dynamic_auto")
+RUN_ORDER = ("immediate", "immediate_nocorr", "dynamic_T8k", "dynamic_auto", "adascale",
+             "dynamic_T8", "static_small", "fixed_global", "static_large", "static_large_sqrt")
 BASELINES = ("static_small", "static_large", "static_large_sqrt", "fixed_global", "immediate",
              "immediate_nocorr", "adascale")
 
@@ -154,7 +157,8 @@ def parse_args(argv=None):
                              "where Debian's " + DATA_PACKAGE + " installs them)")
     parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES))
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: by scale)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds per cell (default: by scale)")
     parser.add_argument("--train-samples", type=int, default=None,
                         help="training images used, one epoch (default: by scale)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: by scale)")
@@ -164,10 +168,12 @@ def parse_args(argv=None):
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--wd", type=float, default=1e-4)
     parser.add_argument("--warmup-epochs", type=float, default=0.25,
-                        help="linear warmup of the base LR from 0, in epochs (default: %(default)s)")
+                        help="linear warmup of the base LR from 0, in epochs "
+                             "(default: %(default)s)")
     parser.add_argument("--evals-per-epoch", type=int, default=8,
                         help="test-set evaluations per epoch (default: %(default)s)")
-    parser.add_argument("--window", type=int, nargs=2, default=[50, 300], metavar=("BEFORE", "AFTER"),
+    parser.add_argument("--window", type=int, nargs=2, default=[50, 300],
+                        metavar=("BEFORE", "AFTER"),
                         help="iterations kept at full resolution around each change")
     parser.add_argument("--spike-window", type=int, default=10)
     parser.add_argument("--peak-window", type=int, default=50)
@@ -175,7 +181,8 @@ def parse_args(argv=None):
                         help="keep the runs of OUT/convergence.json whose configuration matches "
                              "and train only the others (a study that was stopped)")
     parser.add_argument("--render-only", action="store_true",
-                        help="rebuild tables, figures and the README block from OUT/convergence.json")
+                        help="rebuild tables, figures and the README block from "
+                             "OUT/convergence.json")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     args.model = scale["model"]
@@ -189,7 +196,8 @@ def parse_args(argv=None):
     if args.train_samples % (unit * max(args.evals_per_epoch, 2)):
         # Phase boundaries (half epochs) and evaluation points must fall between two steps of
         # every world, so that every method is measured at the same samples.
-        parser.error("--train-samples must be a multiple of %d" % (unit * max(args.evals_per_epoch, 2)))
+        parser.error("--train-samples must be a multiple of %d"
+                     % (unit * max(args.evals_per_epoch, 2)))
     if args.seeds < 2 and args.scale != "smoke":
         parser.error("--seeds must be >= 2 (paired intervals need two)")
     return args
@@ -293,8 +301,8 @@ def phases(schedule_name, method, train_samples):
 def change_points(schedule_name, train_samples):
     """Samples trained at each world change of the schedule (the same points for every method)."""
     points, total = [], 0
-    for _, samples in [(w, int(round(e * train_samples))) for w, e in SCHEDULES[schedule_name]][:-1]:
-        total += samples
+    for _, epochs in SCHEDULES[schedule_name][:-1]:
+        total += int(round(epochs * train_samples))
         points.append(total)
     return points
 
@@ -310,7 +318,8 @@ def make_configs(args):
                         "phases": phases(schedule_name, method, args.train_samples),
                         "changes": change_points(schedule_name, args.train_samples),
                         "model": args.model, "context": args.context, "data_dir": args.data_dir,
-                        "train_samples": args.train_samples, "local_batch_size": args.local_batch_size,
+                        "train_samples": args.train_samples,
+                        "local_batch_size": args.local_batch_size,
                         "fixed_global_batch_size": args.fixed_global_batch_size,
                         "momentum": args.momentum, "wd": args.wd,
                         "warmup_samples": int(args.warmup_epochs * args.train_samples),
@@ -332,8 +341,8 @@ def plan_text(configs, args):
         worlds = " -> ".join("%d (%g ep)" % (w, e) for w, e in SCHEDULES[schedule_name])
         lines.append("[convergence]   %s: %s; base LRs %s" % (
             schedule_name, worlds, ", ".join("%g" % lr for lr in args.lrs[schedule_name])))
-    lines.append("[convergence] expected about %.0f min with %d parallel runs (CPU reference rates; "
-                 "a GPU is faster)" % (seconds / 60 / args.jobs, args.jobs))
+    lines.append("[convergence] expected about %.0f min with %d parallel runs (CPU reference "
+                 "rates; a GPU is faster)" % (seconds / 60 / args.jobs, args.jobs))
     return "\n".join(lines)
 
 
@@ -393,7 +402,8 @@ def run_one(config):
 
     tic = time.time()
     ctx = mx.gpu(0) if config["context"] == "gpu" else mx.cpu()
-    train_x, train_y, test_x, test_y = load_fashion_mnist(config["data_dir"], config["train_samples"])
+    train_x, train_y, test_x, test_y = load_fashion_mnist(config["data_dir"],
+                                                          config["train_samples"])
     seed = config["seed"]
     mx.random.seed(seed)
     np.random.seed(seed)
@@ -436,8 +446,8 @@ def run_one(config):
     before, after = config["window"]
     windows = [{"change_samples": c, "iteration": None, "offset": [], "lr": [], "world_size": [],
                 "global_batch_size": [], "loss": [], "momentum_norm": []} for c in changes]
-    evals = {"samples": [0], "iteration": [0], "test_accuracy": [evaluate(net, test_x, test_y, ctx)],
-             "train_loss": [float("nan")]}
+    evals = {"samples": [0], "iteration": [0],
+             "test_accuracy": [evaluate(net, test_x, test_y, ctx)], "train_loss": [float("nan")]}
     interval_losses = []
     losses_all = []              # per iteration: loss only (for the divergence test)
     samples, epoch, position, permutation = 0, 0, 0, order(0)
@@ -528,19 +538,20 @@ def run_metrics(result, spike_window, peak_window, target_accuracy=None):
         offsets, loss = window["offset"], [float(v) for v in window["loss"]]
         after = [v for o, v in zip(offsets, loss) if o >= 0]
         before = [v for o, v in zip(offsets, loss) if -spike_window <= o < 0]
-        point = window["change_samples"] + epoch
-        index = _eval_index(evals, min(point, result["config"]["phases"] and
-                                       sum(s for _, s in config["phases"])))
+        total = sum(samples for _, samples in config["phases"])
+        point = min(window["change_samples"] + epoch, total)
+        # A diverged run stops where its loss overflowed: later points take its last evaluation
+        # (the overflowed weights' accuracy), so it counts as the failure it is.
+        index = _eval_index(evals, point)
+        index = len(evals["samples"]) - 1 if index is None else index
         changes.append({
             "change_samples": window["change_samples"],
             "loss_before": statistics.fmean(before) if before else float("nan"),
             "spike_loss": statistics.fmean(after[:spike_window]) if after else float("nan"),
             "peak_loss": max(after[:peak_window]) if after else float("nan"),
             # One epoch after the change, or at the end of the run when that comes sooner.
-            "accuracy_epoch_after": (evals["test_accuracy"][index] if index is not None
-                                     else float("nan")),
-            "accuracy_epoch_after_samples": point if point <= sum(s for _, s in config["phases"])
-            else sum(s for _, s in config["phases"]),
+            "accuracy_epoch_after": evals["test_accuracy"][index],
+            "accuracy_epoch_after_samples": point,
         })
     reached = None
     if target_accuracy is not None:
@@ -673,8 +684,8 @@ def markdown_tables(analysis, meta):
              "",
              "Model `%s`, %d training images (one epoch), %d test images, per-worker batch %d "
              "(base batch of the LRs), momentum %g, wd %g, warmup over %g epoch; %d seeds, paired. "
-             "Cells: mean ± std over seeds. *spike*: mean training loss over the %d steps from the "
-             "change; *peak*: largest in the first %d; *acc +1 ep*: test accuracy one epoch of "
+             "Cells: mean ± std over seeds. *spike*: mean training loss over the %d steps from "
+             "the change; *peak*: largest in the first %d; *acc +1 ep*: test accuracy one epoch of "
              "samples after the change (at the end of the run when that is sooner); *to static "
              "acc*: iterations until the test accuracy first reached the static small world's "
              "final mean (evaluated every 1/%d epoch; n/r: not reached). A run *diverged* when "
@@ -862,7 +873,7 @@ def machine_description():
 
 
 def update_readme(path, block, begin=README_BEGIN, end=README_END):
-    """Replace the generated block of ``path`` (between ``begin`` and ``end``); append it if absent."""
+    """Replace the generated block of ``path`` (between ``begin`` and ``end``), or append it."""
     with open(path) as fin:
         text = fin.read()
     generated = "%s\n%s\n%s" % (begin, block, end)
@@ -902,15 +913,6 @@ def _init_worker():
     os.environ["MXNET_ENGINE_TYPE"] = "NaiveEngine"
 
 
-def complete_seeds(runs, methods):
-    """Of a study stopped early, the runs of each cell's seeds that every method finished."""
-    finished = {(r["config"]["schedule"], r["config"]["lr"], r["config"]["seed"],
-                 r["config"]["method"]) for r in runs}
-    return [r for r in runs if all((r["config"]["schedule"], r["config"]["lr"],
-                                    r["config"]["seed"], method) in finished
-                                   for method in methods)]
-
-
 def _config_key(config):
     return (config["schedule"], config["lr"], config["method"], config["seed"])
 
@@ -936,24 +938,19 @@ def main(argv=None):
                 setattr(args, name, value)
         runs = saved["runs"]
         if not saved.get("complete", True):
-            runs = complete_seeds(runs, args.methods)
-            cells = sorted({(r["config"]["schedule"], r["config"]["lr"]) for r in runs})
-            saved["partial"] = "%d of the %d planned runs, each cell with the seeds that every " \
-                "method finished: %s; %d finished runs of incomplete seeds left out" % (
-                    len(runs), len(make_configs(args)), "; ".join(
-                        "%s at LR %g: %d seeds" % (name, lr, len({
-                            r["config"]["seed"] for r in runs
-                            if (r["config"]["schedule"], r["config"]["lr"]) == (name, lr)}))
-                        for name, lr in cells), len(saved["runs"]) - len(runs))
+            # Every finished run counts: a method's row says over how many seeds, and the paired
+            # differences use the seeds both methods finished.
+            saved["partial"] = "%d of the %d planned runs (the *div.* column gives each row's " \
+                "seeds)" % (len(runs), len(make_configs(args)))
         write_reports(runs, args, saved)
         print("re-rendered %s from %d saved runs" % (args.out, len(runs)))
         return 0
     configs = make_configs(args)
-    # Cells outermost, the paper's case first (x16 at the higher LR), then seeds: a study stopped
-    # early holds whole cells, or whole seeds of a cell. Within a seed the slow AdaScale run
-    # starts first, so the pool's tail stays short.
+    # Cells outermost, the paper's case first (x16 at the higher LR), then seeds, then the methods
+    # the question is about (the transitions at a change) before the references: a study stopped
+    # early holds whole cells, or whole seeds of a cell, and pairs for the central comparisons.
     configs.sort(key=lambda c: (args.schedules.index(c["schedule"]), -c["lr"], c["seed"],
-                                c["method"] != "adascale"))
+                                RUN_ORDER.index(c["method"])))
     print(plan_text(configs, args), flush=True)
     if args.dry_run:
         ensure_data(args.data_dir)
