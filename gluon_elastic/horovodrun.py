@@ -66,7 +66,8 @@ from horovod.runner.common.util import hosts as hvd_hosts
 from horovod.runner.elastic.driver import ElasticDriver as HorovodElasticDriver
 from horovod.runner.elastic.worker import HostUpdateResult
 
-from .flags import non_negative_int, positive_int
+from .flags import non_negative_int, positive_float, positive_int
+from .launch import format_plan, process_plan
 from .restart import ENV
 
 __all__ = ["NEXT_ASSIGNMENT_SCOPE", "EXIT_NO_SURVIVOR", "ElasticDriver", "rendezvous_handler",
@@ -339,15 +340,21 @@ class Supervisor:
     checkpoint_dir : str
         Durable commits of the workers' rank 0.
     max_restarts : int
-        Relaunches before giving up.
+        Relaunches allowed within ``restart_window``; one more in the window ends the job.
+    restart_window : float
+        Seconds over which relaunches are counted (a sliding window), so a long job on spot
+        capacity is not ended by failures spread over days.
     """
 
-    def __init__(self, driver_command, np, min_np, checkpoint_dir, max_restarts):
+    def __init__(self, driver_command, np, min_np, checkpoint_dir, max_restarts,
+                 restart_window=3600.0):
         self.driver_command = driver_command
         self.np = np
         self.min_np = min_np
         self.checkpoint_dir = checkpoint_dir
         self.max_restarts = max_restarts
+        self.restart_window = float(restart_window)
+        self.restart_times = []     # time.monotonic() of each relaunch
         self.token = uuid.uuid4().hex
         self.generation = 0
         self.restarts = 0
@@ -426,16 +433,21 @@ class Supervisor:
                 if self.restarts:
                     _note("job finished after %d relaunch(es)" % self.restarts)
                 return 0
-            if self.restarts >= self.max_restarts:
-                _note("giving up: %s and the restart limit (--max-restarts %d) is used up; last "
-                      "checkpoint: %s" % (self.describe(code), self.max_restarts,
-                                          self._last_checkpoint()))
+            now = time.monotonic()
+            self.restart_times = [t for t in self.restart_times if now - t < self.restart_window]
+            if len(self.restart_times) >= self.max_restarts:
+                _note("giving up: %s and the restart budget (--max-restarts %d per "
+                      "--restart-window %.0f s) is used up; last checkpoint: %s"
+                      % (self.describe(code), self.max_restarts, self.restart_window,
+                         self._last_checkpoint()))
                 return code if code > 0 else 128 - code
             self.restarts += 1
+            self.restart_times.append(now)
             self.generation += 1
-            _note("%s; relaunching on the listed hosts from %s (restart %d of %d)"
-                  % (self.describe(code), self._last_checkpoint(), self.restarts,
-                     self.max_restarts))
+            _note("%s; relaunching on the listed hosts from %s (restart %d, %d of %d allowed "
+                  "per %.0f s)" % (self.describe(code), self._last_checkpoint(), self.restarts,
+                                   len(self.restart_times), self.max_restarts,
+                                   self.restart_window))
 
 
 # ---------------------------------------------------------------------------- command line
@@ -483,8 +495,14 @@ def parse_args(argv=None):
                              "a directory that holds some resumes from the newest (default: a "
                              "temporary directory removed at the end)")
     parser.add_argument("--max-restarts", type=non_negative_int, default=3,
-                        help="relaunches after the driver died or no worker survived "
-                             "(default: %(default)s)")
+                        help="relaunches after the driver died or no worker survived, allowed "
+                             "within --restart-window (default: %(default)s)")
+    parser.add_argument("--restart-window", type=positive_float, default=3600.0,
+                        help="seconds over which --max-restarts counts relaunches, a sliding "
+                             "window (default: %(default)s, i.e. 3 per hour)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the process plan (host, rank, local rank, device) of the "
+                             "listed hosts and exit")
     parser.add_argument("--verbose", action="store_true", help="Horovod's driver logs")
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="worker command, after '--'")
@@ -504,6 +522,28 @@ def parse_args(argv=None):
         except ValueError as err:
             parser.error(str(err))
     return args
+
+
+def dry_run_plan(args):
+    """The process plan of the first world: ``-np`` slots of the listed hosts, in their order.
+
+    Horovod gives ranks host by host in the order of the host list, and each worker drives GPU
+    ``local_rank`` (``hvd.local_rank()``).
+    """
+    if args.hosts is not None:
+        listed = [_host_slots(item, args.slots_per_host) for item in args.hosts.split(",")]
+    else:
+        output = subprocess.run([args.host_discovery_script], capture_output=True, text=True,
+                                check=True, timeout=60).stdout
+        listed = [_host_slots(line.strip(), args.slots_per_host)
+                  for line in output.splitlines() if line.strip()]
+    slot_hosts = [host for host, slots in listed for _ in range(slots)]
+    return process_plan(slot_hosts[:args.np])
+
+
+def _host_slots(item, default_slots):
+    host, _, slots = item.partition(":")
+    return host, int(slots) if slots else default_slots
 
 
 def driver_command(args, np):
@@ -535,6 +575,9 @@ def main(argv=None):
     if args.driver:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
         return run_driver(args)
+    if args.dry_run:
+        print(format_plan(dry_run_plan(args)))
+        return 0
     checkpoint_dir = args.checkpoint_dir
     temporary = checkpoint_dir is None
     if temporary:
@@ -542,7 +585,8 @@ def main(argv=None):
     checkpoint_dir = os.path.abspath(checkpoint_dir)
     os.makedirs(checkpoint_dir, exist_ok=True)
     supervisor = Supervisor(lambda np: driver_command(args, np), args.np,
-                            args.min_np or args.np, checkpoint_dir, args.max_restarts)
+                            args.min_np or args.np, checkpoint_dir, args.max_restarts,
+                            args.restart_window)
 
     def forward(signum, _frame):
         supervisor.interrupt(signum)

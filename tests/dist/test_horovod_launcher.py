@@ -168,7 +168,7 @@ def test_no_survivor_resumes_on_the_new_hosts(no_survivor_job):
     assert "no worker of the previous world survives" in lines[0]
     assert lines[1].startswith("[gluon_elastic.horovodrun] no worker of the previous world "
                                "survives; relaunching on the listed hosts from ")
-    assert lines[1].endswith("state-000000000006.ckpt (restart 1 of 3)")
+    assert lines[1].endswith("state-000000000006.ckpt (restart 1, 1 of 3 allowed per 3600 s)")
     assert lines[2] == "[gluon_elastic.horovodrun] job finished after 1 relaunch(es)"
 
 
@@ -182,7 +182,7 @@ def test_all_workers_dead_resumes_from_the_durable_commit(all_dead_job):
     lines = launcher_lines(all_dead_job)
     assert lines[-2].startswith("[gluon_elastic.horovodrun] the driver exited with code 1 "
                                 "(workers failed); relaunching on the listed hosts from ")
-    assert lines[-2].endswith("state-000000000003.ckpt (restart 1 of 3)")
+    assert lines[-2].endswith("state-000000000003.ckpt (restart 1, 1 of 3 allowed per 3600 s)")
     assert lines[-1] == "[gluon_elastic.horovodrun] job finished after 1 relaunch(es)"
 
 
@@ -197,7 +197,7 @@ def test_driver_killed_resumes_from_the_durable_commit(driver_killed_job):
     assert len(lines) == 2, lines
     assert lines[0].startswith("[gluon_elastic.horovodrun] the driver was killed by signal 9; "
                                "relaunching on the listed hosts from ")
-    assert lines[0].endswith("state-000000000009.ckpt (restart 1 of 3)")
+    assert lines[0].endswith("state-000000000009.ckpt (restart 1, 1 of 3 allowed per 3600 s)")
 
 
 @needs_hosts

@@ -121,10 +121,10 @@ def test_supervisor_relaunches_until_the_job_finishes(tmp_path, capfd):
     assert lines == [
         "np 4 checkpoints in %s" % tmp_path,
         "[gluon_elastic.horovodrun] the driver was killed by signal 9; relaunching on the listed "
-        "hosts from %s (restart 1 of 3)" % checkpoint,
+        "hosts from %s (restart 1, 1 of 3 allowed per 3600 s)" % checkpoint,
         "np 2 checkpoints in %s" % tmp_path,
         "[gluon_elastic.horovodrun] no worker of the previous world survives; relaunching on the "
-        "listed hosts from %s (restart 2 of 3)" % checkpoint,
+        "listed hosts from %s (restart 2, 2 of 3 allowed per 3600 s)" % checkpoint,
         "np 2 checkpoints in %s" % tmp_path,
         "[gluon_elastic.horovodrun] job finished after 2 relaunch(es)"]
 
@@ -137,10 +137,11 @@ def test_supervisor_gives_up_at_the_restart_limit(tmp_path, capfd):
     lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("[")]
     assert lines == [
         "[gluon_elastic.horovodrun] the driver exited with code 1 (workers failed); relaunching "
-        "on the listed hosts from no checkpoint yet (from the start) (restart 1 of 1)",
+        "on the listed hosts from no checkpoint yet (from the start) (restart 1, 1 of 1 allowed "
+        "per 3600 s)",
         "[gluon_elastic.horovodrun] giving up: the driver was killed by signal 9 and the restart "
-        "limit (--max-restarts 1) is used up; last checkpoint: no checkpoint yet (from the "
-        "start)"]
+        "budget (--max-restarts 1 per --restart-window 3600 s) is used up; last checkpoint: no "
+        "checkpoint yet (from the start)"]
 
 
 def test_driver_command_repeats_the_launcher_flags():
@@ -165,3 +166,16 @@ def test_bad_flags_are_usage_errors(argv, message, capsys):
         horovodrun.parse_args(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_plan_of_sixteen_hosts_of_eight_gpus(capsys):
+    from gluon_elastic import horovodrun
+    hosts = ",".join("node%02d:8" % h for h in range(16))
+    assert horovodrun.main(["-np", "128", "-H", hosts, "--dry-run", "--", "python",
+                            "train.py"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 128
+    assert lines[0] == "host=node00 rank=0 local_rank=0 device=gpu(0)"
+    assert lines[13] == "host=node01 rank=13 local_rank=5 device=gpu(5)"
+    assert lines[127] == "host=node15 rank=127 local_rank=7 device=gpu(7)"
+
