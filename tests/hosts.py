@@ -393,6 +393,36 @@ class Hosts:
                         "qdisc": applied}
         return self.shaping
 
+    def _in_host(self, host, code, *args, background=False):
+        argv = ["ip", "netns", "exec", self.namespaces[host], sys.executable, "-c", code] \
+            + [str(a) for a in args]
+        if background:
+            return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+        return _run(argv, timeout=120).stdout
+
+    def bandwidth(self, source, target, num_bytes=256 << 20, chunk=4 << 20):
+        """Bytes per second of one TCP stream from host ``source`` to host ``target``.
+
+        What one Gloo connection can get through the link (its shaping included).
+        """
+        sink = self._in_host(target, _SINK, self.addresses[target], num_bytes, chunk,
+                             background=True)
+        try:
+            out = self._in_host(source, _SOURCE, self.addresses[target], num_bytes, chunk)
+        finally:
+            sink.wait(timeout=120)
+        return float(out.split()[-1])
+
+    def round_trip(self, source, target, count=200):
+        """Median seconds of a 1-byte TCP ping-pong between two hosts (the link's latency floor)."""
+        echo = self._in_host(target, _ECHO, self.addresses[target], count, background=True)
+        try:
+            out = self._in_host(source, _PING, self.addresses[target], count)
+        finally:
+            echo.wait(timeout=120)
+        return float(out.split()[-1])
+
     # ------------------------------------------------------------------------------ teardown
     def close(self):
         """Remove everything this harness made (idempotent; never raises)."""
@@ -460,3 +490,35 @@ def _cmdline(pid):
             return fin.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+# Helpers run inside a host with `python -c` (argv: address, then sizes or counts). The server
+# side retries its bind until the address is up and prints nothing; port 5201 is free in a
+# namespace of this harness.
+_SERVER = ("import socket, sys, time\n"
+           "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+           "s.bind((sys.argv[1], 5201)); s.listen(1); c, _ = s.accept()\n"
+           "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n")
+_CLIENT = ("import socket, sys, time\n"
+           "for _ in range(100):\n"
+           "    try:\n"
+           "        c = socket.create_connection((sys.argv[1], 5201)); break\n"
+           "    except OSError:\n"
+           "        time.sleep(0.05)\n"
+           "c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n")
+_SINK = _SERVER + ("n, chunk, got = int(sys.argv[2]), int(sys.argv[3]), 0\n"
+                   "while got < n:\n"
+                   "    b = c.recv(chunk)\n"
+                   "    if not b: break\n"
+                   "    got += len(b)\n"
+                   "c.sendall(b'k')\n")
+_SOURCE = _CLIENT + ("n, chunk = int(sys.argv[2]), int(sys.argv[3]); p = b'\\0' * chunk\n"
+                     "t = time.time()\n"
+                     "for _ in range(n // chunk): c.sendall(p)\n"
+                     "c.recv(1); print(n / (time.time() - t))\n")
+_ECHO = _SERVER + ("for _ in range(int(sys.argv[2])): c.sendall(c.recv(1))\n")
+_PING = _CLIENT + ("import statistics; times = []\n"
+                   "for _ in range(int(sys.argv[2])):\n"
+                   "    t = time.perf_counter(); c.sendall(b'x'); c.recv(1)\n"
+                   "    times.append(time.perf_counter() - t)\n"
+                   "print(statistics.median(times))\n")
