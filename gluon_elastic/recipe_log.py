@@ -22,6 +22,17 @@ recipe can print the lines of the GluonCV script it stands in for:
     [Epoch E] validation: err-top1=E1 err-top5=E5
 
   A reader of GluonCV's lines that stops at its own last field reads them unchanged.
+* :class:`GluonCVDetectionLog`: the lines of GluonCV 0.10's ``train_ssd.py`` and
+  ``train_yolo3.py`` (YOLOv3's with ``LR: %.2E``), fields separated by ``, ``, with ``world``,
+  ``global_batch`` (and ``lr`` for SSD) appended the same way; the validation block is GluonCV's,
+  one ``name=value`` line per class and the mean::
+
+    [Epoch E][Batch i], Speed: S samples/sec, CrossEntropy=C, SmoothL1=L, world=W, global_batch=G, lr=R
+    [Epoch E] Training cost: T, CrossEntropy=C, SmoothL1=L, world=W, global_batch=G
+    [Epoch E] speed: S samples/sec\ttime cost: T
+    [Epoch E] Validation: 
+    aeroplane=0.1
+    mAP=0.1
 
 ``Speed`` counts the samples of the whole (real or virtual) group per second, which is what
 GluonCV's single-process script prints for its one process. :func:`parse_gluoncv_log` reads both
@@ -30,8 +41,9 @@ formats; it is written from GluonCV's printed format, not from this module's.
 Imports no MXNet.
 """
 import re
+import time
 
-__all__ = ["RecipeLog", "GluonCVClassificationLog", "parse_gluoncv_log"]
+__all__ = ["RecipeLog", "GluonCVClassificationLog", "GluonCVDetectionLog", "parse_gluoncv_log"]
 
 
 class RecipeLog:
@@ -107,13 +119,67 @@ class GluonCVClassificationLog(RecipeLog):
             epoch, " ".join("%s=%f" % (name, value) for name, value in metrics.items()))
 
 
+class GluonCVDetectionLog(RecipeLog):
+    """GluonCV's SSD / YOLOv3 lines with world, global batch (and LR) appended.
+
+    Parameters
+    ----------
+    loss_metrics : list of mxnet.metric.Loss
+        GluonCV's per-component losses, updated by the recipe's loss function; reset at the start
+        of each epoch.
+    show_lr : bool
+        Print ``LR: %.2E`` after the batch index (YOLOv3's line) rather than ``lr=`` at the end.
+    """
+
+    def __init__(self, loss_metrics, show_lr=False):
+        self.loss_metrics, self.show_lr = loss_metrics, show_lr
+        self._epoch_start = time.time()
+
+    def start_epoch(self, epoch):
+        """Reset the loss metrics (GluonCV reports them per epoch) and the epoch's clock."""
+        self._epoch_start = time.time()
+        for metric in self.loss_metrics:
+            metric.reset()
+
+    def _losses(self):
+        pairs = []
+        for metric in self.loss_metrics:
+            name, value = metric.get()
+            pairs.append("%s=%.3f" % (name, value if value == value else 0.0))
+        return ", ".join(pairs)
+
+    def batch(self, epoch, step_index, speed, lr, world_size, global_batch_size, loss):
+        head = "[Epoch %d][Batch %d], " % (epoch, step_index)
+        if self.show_lr:
+            return head + "LR: %.2E, Speed: %.3f samples/sec, %s, world=%d, global_batch=%d" % (
+                lr, speed, self._losses(), world_size, global_batch_size)
+        return head + "Speed: %.3f samples/sec, %s, world=%d, global_batch=%d, lr=%f" % (
+            speed, self._losses(), world_size, global_batch_size, lr)
+
+    def training(self, epoch, loss, world_size, global_batch_size):
+        """GluonCV's ``Training cost`` line: seconds since :meth:`start_epoch`, epoch losses."""
+        return "[Epoch %d] Training cost: %.3f, %s, world=%d, global_batch=%d" % (
+            epoch, time.time() - self._epoch_start, self._losses(), world_size, global_batch_size)
+
+    def validation(self, epoch, metrics):
+        """GluonCV's block: a header line, then one ``name=value`` line per metric."""
+        return "[Epoch %d] Validation: \n%s" % (
+            epoch, "\n".join("%s=%s" % (name, value) for name, value in metrics.items()))
+
+
 # What GluonCV 0.10's train_imagenet.py prints (its format strings, read as patterns); anything
 # after the last of its fields is taken as appended name=value fields.
 _BATCH = re.compile(r"Epoch\[(\d+)\] Batch \[(\d+)\]\tSpeed: ([0-9.eE+-]+|inf|nan) samples/sec"
                     r"((?:\t[\w.-]+=[^\s]+)*)\s*$")
 _EPOCH = re.compile(r"\[Epoch (\d+)\] (training|validation): (.*?)\s*$")
 _SPEED = re.compile(r"\[Epoch (\d+)\] speed: (\d+) samples/sec\ttime cost: ([0-9.eE+-]+)\s*$")
-_FIELD = re.compile(r"([\w.-]+)=([^\s]+)")
+_FIELD = re.compile(r"([\w.-]+)=([^\s,]+)")
+# GluonCV 0.10's detection scripts (train_ssd.py, train_yolo3.py).
+_DET_BATCH = re.compile(r"\[Epoch (\d+)\]\[Batch (\d+)\], (?:LR: ([0-9.eE+-]+), )?Speed: "
+                        r"([0-9.eE+-]+|inf|nan) samples/sec, (.*?)\s*$")
+_DET_COST = re.compile(r"\[Epoch (\d+)\] Training cost: ([0-9.eE+-]+), (.*?)\s*$")
+_DET_VALIDATION = re.compile(r"\[Epoch (\d+)\] Validation:\s*$")
+_DET_VALUE = re.compile(r"^([^=\s][^=]*)=([0-9.eE+-]+|nan)\s*$")
 
 
 def _fields(text):
@@ -128,6 +194,10 @@ def parse_gluoncv_log(text):
     text : str
         A log (timestamps or other prefixes before ``Epoch[`` / ``[Epoch`` are ignored).
 
+    Reads the classification lines (``Epoch[E] Batch [i]\tSpeed: ...``) and the detection
+    lines (``[Epoch E][Batch i], Speed: ...``, ``[Epoch E] Training cost: T, ...`` and the
+    ``[Epoch E] Validation:`` block of ``name=value`` lines).
+
     Returns
     -------
     list of dict
@@ -137,7 +207,32 @@ def parse_gluoncv_log(text):
         line's ``name=value`` pairs (``accuracy``, ``lr``, ``err-top1``, ``world``, ...) as floats.
     """
     records = []
+    validation = None   # the open record of a detection validation block
     for line in text.splitlines():
+        if validation is not None:
+            match = _DET_VALUE.match(line)
+            if match:
+                validation[match.group(1)] = float(match.group(2))
+                continue
+            validation = None
+        match = _DET_BATCH.search(line)
+        if match:
+            record = {"kind": "batch", "epoch": int(match.group(1)), "batch": int(match.group(2)),
+                      "speed": float(match.group(4)), **_fields(match.group(5))}
+            if match.group(3):
+                record["lr"] = float(match.group(3))
+            records.append(record)
+            continue
+        match = _DET_COST.search(line)
+        if match:
+            records.append({"kind": "training", "epoch": int(match.group(1)),
+                            "time": float(match.group(2)), **_fields(match.group(3))})
+            continue
+        match = _DET_VALIDATION.search(line)
+        if match:
+            validation = {"kind": "validation", "epoch": int(match.group(1))}
+            records.append(validation)
+            continue
         match = _BATCH.search(line)
         if match:
             records.append({"kind": "batch", "epoch": int(match.group(1)),

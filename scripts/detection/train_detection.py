@@ -27,6 +27,10 @@ Emulated 8 -> 128 -> 16 workers in one process::
     python scripts/detection/train_detection.py --data-dir ~/VOCdevkit --epochs 240 \\
         --emulate-schedule 0:8,80:128,160:16
 
+GluonCV's own command lines: ``train_ssd.py`` and ``train_yolo3.py`` in this folder take every
+flag of GluonCV 0.10's ``scripts/detection/ssd/train_ssd.py`` and ``yolo/train_yolo3.py`` with
+GluonCV's defaults (:mod:`gluon_elastic.gluoncv_detection`) and train through this recipe.
+
 Loss normalisation follows GluonCV's multi-process recipes: SSD's multibox loss is normalised by
 each worker's own number of positive anchors, then averaged over the workers; YOLOv3's losses are
 per image and averaged over the global batch.
@@ -40,7 +44,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from gluon_elastic import flags, recipe
+from gluon_elastic import flags, gluoncv_flags, recipe
 from gluon_elastic.progress import progress
 
 _DETECTOR_NAME = re.compile(r"^(ssd|yolo3)_.*_(voc|coco|custom)$")
@@ -79,8 +83,10 @@ def build_parser():
     parser.add_argument("--data-shape", type=int, default=None,
                         help="input side in pixels (default: from the model name; 416 for YOLOv3)")
     parser.add_argument("--epochs", type=flags.positive_int, default=240)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--wd", type=float, default=5e-4)
+    parser.add_argument("--momentum", type=gluoncv_flags.unit_interval, default=0.9,
+                        help="SGD momentum, in [0, 1) (default: %(default)s)")
+    parser.add_argument("--wd", type=flags.non_negative_float, default=5e-4,
+                        help="weight decay, >= 0 (default: %(default)s)")
     recipe.add_run_args(parser, log_interval=20)
     recipe.add_schedule_args(parser, lr_mode="step", warmup_epochs=0.0, lr_decay_epoch="160,200")
     flags.add_elastic_args(parser, local_batch_size=4, lr=0.001)
@@ -99,14 +105,21 @@ def _split_dirs(args):
             for split in args.train_splits + args.val_splits]
 
 
-def parse_args(argv=None):
-    """Parse and validate everything that can be checked before the data is opened."""
-    parser = build_parser()
+def parse_args(argv=None, parser=None, resolve=None):
+    """Parse and validate everything that can be checked before the data is opened.
+
+    ``parser`` (default :func:`build_parser`) and ``resolve(parser, args)``, called right after
+    parsing, let GluonCV's command lines (``train_ssd.py``, ``train_yolo3.py``) come in.
+    """
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
+    if resolve is not None:
+        resolve(parser, args)
     if args.model not in model_names():
         parser.error("--model %r is not an SSD or YOLOv3 model of the GluonCV model zoo; valid: %s"
                      % (args.model, ", ".join(model_names())))
-    args.data_shape = args.data_shape or default_data_shape(args.model)
+    if args.data_shape is None:
+        args.data_shape = default_data_shape(args.model)
     if args.data_shape < 32:
         parser.error("--data-shape must be >= 32, got %d" % args.data_shape)
     if args.data_dir is None:
@@ -356,6 +369,164 @@ def train(args):
                       make_loader, make_loss_fn(args, ctx),
                       make_evaluate_fn(args, val_set, ctx), make_reduce_fn(args, classes),
                       len(val_set), args.model)
+
+
+# ------------------------------------------------------------------- GluonCV's command lines
+def parse_gluoncv_args(kind, argv=None):
+    """Parse GluonCV's ``train_ssd.py`` (``kind='ssd'``) or ``train_yolo3.py`` (``'yolo3'``)
+    command line into this recipe's arguments; exit 2 on bad input, before anything is written."""
+    from gluon_elastic import gluoncv_detection
+
+    parser = build_parser()
+    parser.description = "Elastic %s with GluonCV 0.10's %s flags." % (
+        "SSD" if kind == "ssd" else "YOLOv3", "train_ssd.py" if kind == "ssd" else "train_yolo3.py")
+    gluoncv_detection.add_gluoncv_args(parser, kind)
+    zoo = [name for name in model_names() if name.startswith(kind + "_")]
+    args = parse_args(argv, parser, lambda p, a: gluoncv_detection.resolve_args(
+        p, a, kind, zoo, mx.context.num_gpus()))
+    args.gluoncv = kind
+    return args
+
+
+def _yolo_loader(args, train_set, net):
+    """GluonCV's YOLOv3 training data: random input sides (320 to 608 every 10 batches) unless
+    ``--no-random-shape``, and mixup of image pairs (``--mixup``) but in the last
+    ``--no-mixup-epochs``."""
+    from gluoncv.data import RandomTransformDataLoader
+    from gluoncv.data.batchify import Pad, Stack, Tuple
+    from gluoncv.data.mixup.detection import MixupDetection
+    from gluoncv.data.transforms import presets
+
+    dataset = MixupDetection(train_set) if args.mixup else train_set
+    sides = [args.data_shape] if args.no_random_shape else [x * 32 for x in range(10, 20)]
+    transforms = [presets.yolo.YOLO3DefaultTrainTransform(side, side, net, mixup=args.mixup,
+                                                          mean=MEAN_RGB, std=STD_RGB)
+                  for side in sides]
+    batchify = Tuple(*([Stack() for _ in range(6)] + [Pad(axis=0, pad_val=-1)]))
+
+    def make_loader(batch_indices, epoch):
+        if args.mixup:
+            late = epoch >= args.epochs - args.no_mixup_epochs
+            dataset.set_mixup(None if late else np.random.beta, *(() if late else (1.5, 1.5)))
+        if len(transforms) == 1:
+            return gluon.data.DataLoader(dataset.transform(transforms[0]),
+                                         batch_sampler=batch_indices, batchify_fn=batchify,
+                                         num_workers=args.num_data_workers)
+        return RandomTransformDataLoader(transforms, dataset, interval=10,
+                                         batch_sampler=list(batch_indices), batchify_fn=batchify,
+                                         num_workers=args.num_data_workers)
+    return make_loader
+
+
+def train_gluoncv(args):
+    """Train from :func:`parse_gluoncv_args`: GluonCV's losses in its log lines, its validation
+    interval, its ``--save-prefix`` files and ``--resume``/``--start-epoch``."""
+    import logging
+
+    from gluon_elastic import gluoncv_detection
+    from gluon_elastic.recipe_log import GluonCVDetectionLog
+
+    kind = args.gluoncv
+    train_set, val_set = load_data(args)
+    num_train_samples = len(train_set)
+    # YOLOv3's --num-samples sets the epoch length of the LR schedule, as in GluonCV.
+    schedule_samples = (args.num_samples if kind == "yolo3" and args.num_samples > 0
+                        else num_train_samples)
+    backend, ctx = recipe.prepare(args.parser, args, num_train_samples)
+    classes = tuple(train_set.classes)
+    net = build_model(args, classes, ctx)
+    if args.resume:
+        try:
+            net.load_parameters(args.resume.strip(), ctx=ctx)
+        except (AssertionError, mx.base.MXNetError, ValueError) as err:
+            args.parser.error("--resume %s does not fit %s: %s"
+                              % (args.resume, args.model, str(err).splitlines()[0]))
+    if kind == "yolo3":
+        if args.no_wd:
+            for param in net.collect_params(".*beta|.*gamma|.*bias").values():
+                param.wd_mult = 0.0
+        if args.label_smooth:
+            net._target_generator._label_smooth = True  # pylint: disable=protected-access
+        make_loader = _yolo_loader(args, train_set, net)
+    else:
+        make_loader = make_train_loader(args, train_set, net)
+    net.hybridize()
+    schedule = recipe.build_schedule(args.parser, args, schedule_samples)
+    # Everything is checked: from here on files are written.
+    handler = None
+    if backend.rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.save_prefix)), exist_ok=True)
+        handler = logging.FileHandler(args.save_prefix + "_train.log")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("gluon_elastic").addHandler(handler)
+        recipe.logger.info("%s", argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                                       if k != "parser"}))
+        recipe.logger.info("Start training from [Epoch %d]", args.start_epoch)
+    try:
+        loss_fn = gluoncv_detection.DetectionLoss(kind, ctx)
+        current = {"epoch": 0}
+
+        def loader(batch_indices, epoch):
+            current["epoch"] = epoch
+            return make_loader(batch_indices, epoch)
+
+        evaluate_all = make_evaluate_fn(args, val_set, ctx)
+
+        def evaluate(net, indices):
+            # GluonCV validates every --val-interval epochs and at every saving epoch.
+            epoch = current["epoch"]
+            if epoch % args.val_interval and not (args.save_interval and
+                                                  epoch % args.save_interval == 0):
+                return None
+            return evaluate_all(net, indices)
+
+        reduce_all = make_class_reduce_fn(args, classes)
+
+        def reduce(statistics):
+            statistics = [s for s in statistics if s is not None]
+            return reduce_all(statistics) if statistics else {}
+
+        outputs = gluoncv_detection.GluonCVDetectionOutputs(args.save_prefix, args.save_interval)
+
+        def on_start(trainer, sampler, resumed):
+            if resumed or not args.start_epoch:
+                return None
+            # GluonCV saves no trainer state: momentum starts at 0, the schedule and counters
+            # at --start-epoch epochs of samples.
+            sampler.set_epoch(args.start_epoch)
+            trainer.iteration = args.start_epoch * (num_train_samples // trainer.global_batch_size)
+            trainer.progress = trainer.schedule_progress = args.start_epoch * schedule_samples
+            return "started at epoch %d (iteration %d)" % (args.start_epoch, trainer.iteration)
+
+        optimizer_params = {"learning_rate": args.lr, "momentum": args.momentum, "wd": args.wd}
+        return recipe.fit(args, backend, ctx, net, "sgd", optimizer_params, schedule,
+                          num_train_samples, loader, loss_fn, evaluate, reduce,
+                          len(val_set), args.model,
+                          log_format=GluonCVDetectionLog(loss_fn.metrics,
+                                                         show_lr=kind == "yolo3"),
+                          on_epoch_end=outputs.on_epoch_end, on_start=on_start)
+    finally:
+        if handler is not None:
+            logging.getLogger("gluon_elastic").removeHandler(handler)
+            handler.close()
+
+
+def make_class_reduce_fn(args, classes):
+    """GluonCV's validation values: the AP of every class and ``mAP`` (VOC07 at IoU 0.5, or the
+    recipe's ``map``/``map50`` for COCO and synthetic data)."""
+    from gluoncv.utils.metrics.voc_detection import VOC07MApMetric
+
+    if args.dataset != "voc" or args.synthetic:
+        return make_reduce_fn(args, classes)
+
+    def reduce(statistics):
+        metric = VOC07MApMetric(iou_thresh=0.5, class_names=classes)
+        for rank_records in statistics:
+            for bboxes, ids, scores, gt_bboxes, gt_ids, gt_difficult in rank_records:
+                metric.update(bboxes, ids, scores, gt_bboxes, gt_ids, gt_difficult)
+        names, values = metric.get()
+        return {name: float(np.nan_to_num(value)) for name, value in zip(names, values)}
+    return reduce
 
 
 def main(argv=None):

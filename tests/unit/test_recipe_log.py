@@ -71,3 +71,49 @@ def test_default_format_reads_too():
          "global_batch": 8.0, "lr": 0.1, "loss": 1.5},
         {"kind": "training", "epoch": 0, "loss": 1.5, "world": 2.0, "global_batch": 8.0},
         {"kind": "validation", "epoch": 0, "mAP": 0.25}]
+
+
+# Lines as GluonCV 0.10's train_ssd.py and train_yolo3.py print them.
+GLUONCV_DETECTION_LINES = """\
+[Epoch 0][Batch 99], Speed: 12.345 samples/sec, CrossEntropy=5.123, SmoothL1=1.234
+[Epoch 0] Training cost: 123.456, CrossEntropy=5.000, SmoothL1=1.000
+[Epoch 0] Validation: 
+aeroplane=0.1
+diningtable=0.25
+mAP=0.175
+[Epoch 1][Batch 9], LR: 1.00E-03, Speed: 10.000 samples/sec, ObjLoss=1.000, BoxCenterLoss=2.000, BoxScaleLoss=3.000, ClassLoss=4.000
+"""
+
+
+def test_reader_reads_gluoncvs_detection_lines():
+    assert parse_gluoncv_log(GLUONCV_DETECTION_LINES) == [
+        {"kind": "batch", "epoch": 0, "batch": 99, "speed": 12.345, "CrossEntropy": 5.123,
+         "SmoothL1": 1.234},
+        {"kind": "training", "epoch": 0, "time": 123.456, "CrossEntropy": 5.0, "SmoothL1": 1.0},
+        {"kind": "validation", "epoch": 0, "aeroplane": 0.1, "diningtable": 0.25, "mAP": 0.175},
+        {"kind": "batch", "epoch": 1, "batch": 9, "speed": 10.0, "lr": 0.001, "ObjLoss": 1.0,
+         "BoxCenterLoss": 2.0, "BoxScaleLoss": 3.0, "ClassLoss": 4.0}]
+
+
+class _Loss(_Metric):
+    def __init__(self, name, value):
+        super().__init__(value)
+        self.name = name
+
+    def get(self):
+        return self.name, self.value
+
+
+def test_detection_format_is_gluoncvs_with_world_and_batch_appended():
+    from gluon_elastic.recipe_log import GluonCVDetectionLog
+
+    losses = [_Loss("ObjLoss", 1.5), _Loss("ClassLoss", 0.25)]
+    log = GluonCVDetectionLog(losses, show_lr=True)
+    log.start_epoch(2)
+    assert [loss.resets for loss in losses] == [1, 1]
+    assert log.batch(2, 7, 3.5, 0.001, 2, 8, 9.0) == (
+        "[Epoch 2][Batch 7], LR: 1.00E-03, Speed: 3.500 samples/sec, ObjLoss=1.500, "
+        "ClassLoss=0.250, world=2, global_batch=8")
+    assert log.validation(2, {"cat": 0.5, "mAP": 0.5}) == "[Epoch 2] Validation: \ncat=0.5\nmAP=0.5"
+    training = parse_gluoncv_log(log.training(2, 9.0, 2, 8))
+    assert training[0]["ObjLoss"] == 1.5 and training[0]["world"] == 2.0
