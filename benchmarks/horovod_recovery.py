@@ -21,6 +21,16 @@ this machine, with ``HOROVOD_GLOO_TIMEOUT_SECONDS=60``, and trains the main job'
 - **Chaos**: the 13-event sequence of the launcher tests (tests/workers/horovod_elastic.py); the
   longest stall between two steps, and the recovery from each of its four kills.
 
+Across hosts (``--namespace-hosts``, as root): the same jobs run with every worker on a network
+namespace host of tests/hosts.py (real ``sshd``, launched over ``ssh``), the link shaped with
+``--link-rate`` / ``--link-delay`` (``tc``; a kernel without netem gets the rate alone, and the
+report says so). The floor then uses the bandwidth of one TCP stream between two hosts through
+that link, reported beside its latency. ``--silent`` adds the **silent host loss**: the victim
+sets its host's link down before it SIGKILLs itself, so no reset packet reaches anyone; the
+survivors, blocked in a receive, learn of it only when Gloo gives up
+(``HOROVOD_GLOO_TIMEOUT_SECONDS``, ``--silent-gloo-timeout``), which bounds its detection (the
+launcher's ``ssh`` keep-alives, 2 s x 3, tell the driver sooner, but not the survivors).
+
 The load average (1 minute) is read before every job and reported with the figures.
 """
 import argparse
@@ -129,6 +139,9 @@ def worker(args):
             if iteration == args.kill_at and trainer.rank == args.kill_rank \
                     and not os.path.exists(marker):
                 open(marker, "w").close()
+                if args.silent:  # this host's link goes first: its death sends no reset
+                    subprocess.run(["ip", "link", "set", os.environ["HOROVOD_GLOO_IFACE"],
+                                    "down"], check=True)
                 record("killed")
                 os.kill(os.getpid(), signal.SIGKILL)
             tic = time.time()
@@ -148,7 +161,11 @@ def worker(args):
 
 
 # -------------------------------------------------------------------------------------- jobs
-def run_launcher(log_dir, schedule, np_start, worker_argv, timeout):
+# The namespace hosts of --namespace-hosts (tests/hosts.Hosts), None on loopback names.
+CLUSTER = None
+
+
+def run_launcher(log_dir, schedule, np_start, worker_argv, timeout, gloo_timeout=GLOO_TIMEOUT):
     """Run one job under the project's launcher; returns (exit code, wall seconds, load)."""
     import discovery
 
@@ -156,12 +173,15 @@ def run_launcher(log_dir, schedule, np_start, worker_argv, timeout):
     script = discovery.write_script(os.path.join(log_dir, "discover.sh"), schedule, progress_file)
     command = [sys.executable, "-m", "gluon_elastic.horovodrun", "-np", str(np_start),
                "--min-np", "1", "--max-np", "4", "--host-discovery-script", script,
-               "--network-interface", "lo", "--blacklist-cooldown-range", "1,2",
+               "--network-interface", CLUSTER.interface if CLUSTER else "lo",
+               "--blacklist-cooldown-range", "1,2",
                "--checkpoint-dir", os.path.join(log_dir, "checkpoints"), "--"] \
         + worker_argv + ["--progress-file", progress_file]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HOROVOD_GLOO_TIMEOUT_SECONDS=str(GLOO_TIMEOUT),
+    env = dict(os.environ, OMP_NUM_THREADS="1", HOROVOD_GLOO_TIMEOUT_SECONDS=str(gloo_timeout),
                MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0",
                PYTHONUNBUFFERED="1", PYTHONPATH=ROOT)
+    if CLUSTER is not None:  # its ssh wrapper first on PATH
+        env = CLUSTER.env(env)
     load = os.getloadavg()[0]
     tic = time.time()
     with open(os.path.join(log_dir, "output.txt"), "w") as out:
@@ -246,16 +266,18 @@ def floor_seconds(records, bandwidth):
         + statistics.median(steps), state_bytes
 
 
-def failure_job(hosts, world, victim, model, timeout, no_propagation=False):
+def failure_job(hosts, world, victim, model, timeout, no_propagation=False, silent=False,
+                gloo_timeout=GLOO_TIMEOUT):
     import discovery  # noqa: F401  (scripts/ on the path for the worker too)
     from horovod_elastic import listed
 
     with tempfile.TemporaryDirectory(prefix="hvd_recovery_") as log_dir:
         argv = [sys.executable, os.path.abspath(__file__), "--worker", "--log-dir", log_dir,
                 "--model", model, "--kill-rank", str(victim), "--kill-at", str(KILL_AT),
-                "--steps", str(KILL_AT + 6)] + (["--no-propagation"] if no_propagation else [])
+                "--steps", str(KILL_AT + 6)] + (["--no-propagation"] if no_propagation else []) \
+            + (["--silent"] if silent else [])
         code, wall, load = run_launcher(log_dir, "0:%s" % listed(*hosts[:world]), world, argv,
-                                        timeout)
+                                        timeout, gloo_timeout)
         records = read_records(log_dir)
         with open(os.path.join(log_dir, "output.txt")) as fin:
             output = fin.read()
@@ -320,14 +342,34 @@ def table(results, model):
             world, "rank 0" if victim == "0" else "rank %s" % victim,
             " | ".join("%.2f" % median([r["phases"][n] for r in runs]) for n in names),
             median([r["floor"] for r in runs]), median([r["load"] for r in runs])))
-    text = ["Failure recovery, %s (median of %d runs per row; seconds; load = 1-minute load "
-            "average before the job; `HOROVOD_GLOO_TIMEOUT_SECONDS=%d`):" % (
-                model, min(len(v) for v in results["failure"].values()), GLOO_TIMEOUT),
+    where = ""
+    if results.get("link"):
+        link = results["link"]
+        where = (", workers on %d namespace hosts over ssh, link shaped to %s%s (`tc %s`); one TCP "
+                 "stream between two hosts: %.2f GB/s, round trip %.0f us" % (
+                     len(results["hosts"]), link["rate"] or "no rate limit",
+                     ", %s delay" % link["delay"] if link["delay"] else
+                     ", no delay (this kernel has no netem)" if link["asked_delay"] else "",
+                     link["qdisc"], results["bandwidth"] / 1e9, link["round_trip"] * 1e6))
+    text = ["Failure recovery, %s%s (median of %d runs per row; seconds; load = 1-minute load "
+            "average before the job; `HOROVOD_GLOO_TIMEOUT_SECONDS=%d`; floor = Gloo init + the "
+            "state through one stream + one step):" % (
+                model, where, min(len(v) for v in results["failure"].values()), GLOO_TIMEOUT),
             "", *lines]
     if any(crashes):
         text += ["", "In %d of %d runs a survivor crashed (SIGSEGV) inside Horovod's failure "
                  "handling and died at once; those rows are measured to the first step of the "
                  "world that remained." % (sum(1 for c in crashes if c), len(crashes))]
+    if results.get("silent"):
+        runs = results["silent"]
+        text += ["", "Silent host loss (the victim's link set down, then the victim SIGKILLed; "
+                 "world %d, rank 1; `HOROVOD_GLOO_TIMEOUT_SECONDS=%d`, which bounds the "
+                 "detection: no reset packet arrives, and the survivors wait in a receive until "
+                 "Gloo gives up): %s (median of %d, load %.2f)." % (
+                     runs[0]["world"], runs[0]["gloo_timeout"],
+                     ", ".join("%s %.2f s" % (n, median([r["phases"][n] for r in runs]))
+                               for n in names),
+                     len(runs), median([r["load"] for r in runs]))]
     if results.get("replacement"):
         runs = results["replacement"]
         text += ["", "Replacement (one discovery answer {a, b} -> {a, c}, world 2; from the answer "
@@ -366,6 +408,15 @@ def main(argv=None):
     parser.add_argument("--no-propagation", action="store_true",
                         help="for comparison: survivors do not shut their Gloo connections down")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per job")
+    parser.add_argument("--namespace-hosts", action="store_true",
+                        help="run every worker on a network-namespace host over ssh (root)")
+    parser.add_argument("--link-rate", default=None, help="shaped link rate, e.g. 10gbit")
+    parser.add_argument("--link-delay", default=None, help="shaped link delay, e.g. 0.1ms")
+    parser.add_argument("--silent", action="store_true",
+                        help="with --namespace-hosts: also a silent host loss (link down, kill); "
+                             "for the worker: set the link down before the SIGKILL")
+    parser.add_argument("--silent-gloo-timeout", type=int, default=15,
+                        help="HOROVOD_GLOO_TIMEOUT_SECONDS of the silent host loss job")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                       "horovod_recovery.json"))
     parser.add_argument("--readme", default=None, help="README whose generated block to rewrite")
@@ -380,6 +431,25 @@ def main(argv=None):
             results = json.load(fin)
         render(results, args.readme)
         return
+    if args.namespace_hosts:
+        global CLUSTER  # pylint: disable=global-statement
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from hosts import Hosts, unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            raise SystemExit("namespace hosts: %s" % reason)
+        CLUSTER = Hosts(4).start()
+        try:
+            shaping = CLUSTER.shape(args.link_rate, args.link_delay) \
+                if args.link_rate or args.link_delay else dict(CLUSTER.shaping)
+            hosts = list(CLUSTER.hosts)
+            bandwidth = median([CLUSTER.bandwidth(hosts[0], hosts[1]) for _ in range(3)])
+            link = dict(shaping, asked_delay=args.link_delay,
+                        round_trip=CLUSTER.round_trip(hosts[0], hosts[1]))
+            return measure(args, hosts, bandwidth, link)
+        finally:
+            CLUSTER.close()
     from gluon_elastic.horovodrun import local_host_names
     from horovod_resize import loopback_bandwidth
 
@@ -387,9 +457,14 @@ def main(argv=None):
     if len(hosts) < 4:
         raise SystemExit("needs 4 names of this machine, found %s" % hosts)
     bandwidth = median([loopback_bandwidth() for _ in range(3)])
+    return measure(args, hosts, bandwidth, None)
+
+
+def measure(args, hosts, bandwidth, link):
+    """Run the jobs of ``args`` on ``hosts``; writes ``args.out`` and renders the figures."""
     results = {"model": args.model, "no_propagation": args.no_propagation,
                "bandwidth": bandwidth, "hosts": hosts[:4], "failure": {},
-               "replacement": [], "chaos": []}
+               "replacement": [], "chaos": [], "silent": [], "link": link}
     for repeat in range(args.repeats):
         for world in (int(w) for w in args.worlds.split(",")):
             for victim in (0, 1):
@@ -403,6 +478,18 @@ def main(argv=None):
                 print("world %d, rank %d killed: %s (floor %.2f, load %.2f%s)" % (
                     world, victim, ", ".join("%s %.2f" % kv for kv in phases.items()), floor,
                     load, ", %d survivor(s) crashed" % crashed if crashed else ""), flush=True)
+        if args.silent and CLUSTER is not None:
+            world = max(int(w) for w in args.worlds.split(","))
+            records, load, crashed = failure_job(hosts, world, 1, args.model, args.timeout,
+                                                 silent=True,
+                                                 gloo_timeout=args.silent_gloo_timeout)
+            for host in hosts:  # the victim's host comes back for the next jobs
+                CLUSTER.link_up(host)
+            phases = recovery_phases(records, "killed", world - 1 - crashed)
+            results["silent"].append({"phases": phases, "load": load, "world": world,
+                                      "gloo_timeout": args.silent_gloo_timeout})
+            print("silent host loss, world %d: %s (load %.2f)" % (
+                world, ", ".join("%s %.2f" % kv for kv in phases.items()), load), flush=True)
         if not args.skip_replacement:
             records, load = replacement_job(hosts, args.model, args.timeout)
             phases = recovery_phases(records, "change_announced", 2)
