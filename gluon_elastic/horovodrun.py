@@ -67,7 +67,7 @@ from horovod.runner.elastic.driver import ElasticDriver as HorovodElasticDriver
 from horovod.runner.elastic.worker import HostUpdateResult
 
 from .flags import non_negative_int, positive_float, positive_int
-from .launch import format_plan, process_plan
+from .launch import format_plan, process_plan, run_forwarding_signals
 from .restart import ENV
 
 __all__ = ["NEXT_ASSIGNMENT_SCOPE", "EXIT_NO_SURVIVOR", "ElasticDriver", "rendezvous_handler",
@@ -588,15 +588,9 @@ def main(argv=None):
                             args.min_np or args.np, checkpoint_dir, args.max_restarts,
                             args.restart_window)
 
-    def forward(signum, _frame):
-        supervisor.interrupt(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return supervisor.run()
+        return run_forwarding_signals(supervisor.run, supervisor.interrupt)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if temporary:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 

@@ -23,7 +23,7 @@ import time
 from .flags import positive_int
 from .restart import ENV
 
-__all__ = ["Group", "free_port", "process_plan", "format_plan", "main"]
+__all__ = ["Group", "free_port", "process_plan", "format_plan", "run_forwarding_signals", "main"]
 
 
 def free_port(host="127.0.0.1"):
@@ -31,6 +31,21 @@ def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def run_forwarding_signals(run, on_signal):
+    """Return ``run()``, with SIGINT and SIGTERM passed to ``on_signal(signum)`` meanwhile.
+
+    What every launcher does around its job: a signal to the launcher reaches the job, which then
+    ends in order (save, stop, kill what is left); the previous handlers come back afterwards.
+    """
+    previous = {sig: signal.signal(sig, lambda signum, _frame: on_signal(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def process_plan(slot_hosts):
@@ -252,16 +267,7 @@ def main(argv=None):
         print(format_plan(group.plan()))
         return 0
 
-    def forward(signum, _frame):
-        group.signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        group.start()
-        return group.wait(timeout=args.timeout)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_forwarding_signals(lambda: group.start().wait(timeout=args.timeout), group.signal)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ stand-in that runs the remote command locally).
 import argparse
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -65,7 +64,7 @@ import threading
 import time
 
 from .flags import non_negative_int, positive_float, positive_int
-from .launch import Group, format_plan, process_plan
+from .launch import Group, format_plan, process_plan, run_forwarding_signals
 from .restart import ENV, PROGRESS_MARKER, SAVE_REQUEST, STOPPED_MARKER
 
 __all__ = ["Supervisor", "SupervisedGroup", "parse_hosts", "read_discovery", "is_local_host",
@@ -595,15 +594,7 @@ def main(argv=None):
         print(format_plan(process_plan(world_of(supervisor.discover(), args.max_workers))))
         return 0
 
-    def forward(signum, _frame):
-        supervisor.interrupt(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return supervisor.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_forwarding_signals(supervisor.run, supervisor.interrupt)
 
 
 if __name__ == "__main__":
