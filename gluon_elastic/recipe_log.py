@@ -25,7 +25,8 @@ recipe can print the lines of the GluonCV script it stands in for:
 * :class:`GluonCVDetectionLog`: the lines of GluonCV 0.10's ``train_ssd.py`` and
   ``train_yolo3.py`` (YOLOv3's with ``LR: %.2E``), fields separated by ``, ``, with ``world``,
   ``global_batch`` (and ``lr`` for SSD) appended the same way; the validation block is GluonCV's,
-  one ``name=value`` line per class and the mean::
+  one ``name=value`` line per class and the mean (and :class:`GluonCVSegmentationLog`, GluonCV's
+  segmentation lines)::
 
     [Epoch E][Batch i], Speed: S samples/sec, CrossEntropy=C, SmoothL1=L, world=W, global_batch=G, lr=R
     [Epoch E] Training cost: T, CrossEntropy=C, SmoothL1=L, world=W, global_batch=G
@@ -43,7 +44,8 @@ Imports no MXNet.
 import re
 import time
 
-__all__ = ["RecipeLog", "GluonCVClassificationLog", "GluonCVDetectionLog", "parse_gluoncv_log"]
+__all__ = ["RecipeLog", "GluonCVClassificationLog", "GluonCVDetectionLog",
+           "GluonCVSegmentationLog", "parse_gluoncv_log"]
 
 
 class RecipeLog:
@@ -179,6 +181,12 @@ _DET_BATCH = re.compile(r"\[Epoch (\d+)\]\[Batch (\d+)\], (?:LR: ([0-9.eE+-]+), 
                         r"([0-9.eE+-]+|inf|nan) samples/sec, (.*?)\s*$")
 _DET_COST = re.compile(r"\[Epoch (\d+)\] Training cost: ([0-9.eE+-]+), (.*?)\s*$")
 _DET_VALIDATION = re.compile(r"\[Epoch (\d+)\] Validation:\s*$")
+# GluonCV 0.10's segmentation/train.py.
+_SEG_BATCH = re.compile(r"Epoch (\d+) iteration (\d+)/(\d+): training loss ([0-9.eE+-]+|nan)"
+                        r"(.*?)\s*$")
+_SEG_TRAINING = re.compile(r"Epoch (\d+), training loss ([0-9.eE+-]+|nan)(.*?)\s*$")
+_SEG_VALIDATION = re.compile(r"Epoch (\d+),? validation pixAcc: ([0-9.eE+-]+|nan), mIoU: "
+                             r"([0-9.eE+-]+|nan)(.*?)\s*$")
 _DET_VALUE = re.compile(r"^([^=\s][^=]*)=([0-9.eE+-]+|nan)\s*$")
 
 
@@ -194,9 +202,10 @@ def parse_gluoncv_log(text):
     text : str
         A log (timestamps or other prefixes before ``Epoch[`` / ``[Epoch`` are ignored).
 
-    Reads the classification lines (``Epoch[E] Batch [i]\tSpeed: ...``) and the detection
+    Reads the classification lines (``Epoch[E] Batch [i]\tSpeed: ...``), the detection
     lines (``[Epoch E][Batch i], Speed: ...``, ``[Epoch E] Training cost: T, ...`` and the
-    ``[Epoch E] Validation:`` block of ``name=value`` lines).
+    ``[Epoch E] Validation:`` block of ``name=value`` lines) and the segmentation lines
+    (``Epoch E iteration I/N: training loss X``, ``Epoch E validation pixAcc: P, mIoU: M``).
 
     Returns
     -------
@@ -215,6 +224,23 @@ def parse_gluoncv_log(text):
                 validation[match.group(1)] = float(match.group(2))
                 continue
             validation = None
+        match = _SEG_BATCH.search(line)
+        if match:
+            records.append({"kind": "batch", "epoch": int(match.group(1)),
+                            "batch": int(match.group(2)), "batches": int(match.group(3)),
+                            "loss": float(match.group(4)), **_fields(match.group(5))})
+            continue
+        match = _SEG_VALIDATION.search(line)
+        if match:
+            records.append({"kind": "validation", "epoch": int(match.group(1)),
+                            "pixAcc": float(match.group(2)), "mIoU": float(match.group(3)),
+                            **_fields(match.group(4))})
+            continue
+        match = _SEG_TRAINING.search(line)
+        if match:
+            records.append({"kind": "training", "epoch": int(match.group(1)),
+                            "loss": float(match.group(2)), **_fields(match.group(3))})
+            continue
         match = _DET_BATCH.search(line)
         if match:
             record = {"kind": "batch", "epoch": int(match.group(1)), "batch": int(match.group(2)),
@@ -249,3 +275,37 @@ def parse_gluoncv_log(text):
             records.append({"kind": match.group(2), "epoch": int(match.group(1)),
                             **_fields(match.group(3))})
     return records
+
+
+class GluonCVSegmentationLog(RecipeLog):
+    """GluonCV 0.10's ``segmentation/train.py`` lines with world, global batch and LR appended::
+
+        Epoch E iteration IIII/NNNN: training loss X, world=W, global_batch=G, lr=L
+        Epoch E, training loss X, world=W, global_batch=G
+        [Epoch E] speed: S samples/sec\\ttime cost: T
+        Epoch E validation pixAcc: P, mIoU: M, world=W, global_batch=G
+
+    Parameters
+    ----------
+    steps_per_epoch : callable
+        ``steps_per_epoch(global_batch_size)``: the ``NNNN`` of the progress line in the current
+        world.
+    """
+
+    def __init__(self, steps_per_epoch):
+        self.steps_per_epoch = steps_per_epoch
+        self._world = (0, 0)
+
+    def batch(self, epoch, step_index, speed, lr, world_size, global_batch_size, loss):
+        return ("Epoch %d iteration %04d/%04d: training loss %.3f, world=%d, global_batch=%d, "
+                "lr=%f" % (epoch, step_index, self.steps_per_epoch(global_batch_size), loss,
+                           world_size, global_batch_size, lr))
+
+    def training(self, epoch, loss, world_size, global_batch_size):
+        self._world = (world_size, global_batch_size)
+        return "Epoch %d, training loss %.3f, world=%d, global_batch=%d" % (
+            epoch, loss, world_size, global_batch_size)
+
+    def validation(self, epoch, metrics):
+        return "Epoch %d validation pixAcc: %.3f, mIoU: %.3f, world=%d, global_batch=%d" % (
+            (epoch, metrics["pixAcc"], metrics["mIoU"]) + self._world)

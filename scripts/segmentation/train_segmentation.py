@@ -33,7 +33,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from gluon_elastic import flags, recipe
+from gluon_elastic import flags, gluoncv_flags, recipe
 from gluon_elastic.progress import progress
 
 _SEGMENTATION_NAME = re.compile(r"^(fcn|deeplab)_resnet\d+_(voc|ade)$")
@@ -68,8 +68,10 @@ def build_parser():
                         help="no auxiliary FCN head on stage 3")
     parser.add_argument("--aux-weight", type=float, default=0.5)
     parser.add_argument("--epochs", type=flags.positive_int, default=50)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--wd", type=float, default=1e-4)
+    parser.add_argument("--momentum", type=gluoncv_flags.unit_interval, default=0.9,
+                        help="SGD momentum, in [0, 1) (default: %(default)s)")
+    parser.add_argument("--wd", type=flags.non_negative_float, default=1e-4,
+                        help="weight decay, >= 0 (default: %(default)s)")
     recipe.add_run_args(parser, log_interval=20)
     recipe.add_schedule_args(parser, lr_mode="poly", warmup_epochs=0.0)
     flags.add_elastic_args(parser, local_batch_size=4, lr=0.001)
@@ -158,7 +160,7 @@ def load_data(args):
     dataset = VOCSegmentation if args.dataset == "voc" else ADE20KSegmentation
     kwargs = {"root": args.data_dir, "transform": _image_transform(), "base_size": args.base_size,
               "crop_size": args.crop_size}
-    return (dataset(split="train", mode="train", **kwargs),
+    return (dataset(split=getattr(args, "train_split", "train"), mode="train", **kwargs),
             dataset(split="val", mode="val", **kwargs))
 
 
@@ -247,6 +249,132 @@ def train(args):
                       make_train_loader(args, train_set), make_loss_fn(args, ctx),
                       make_evaluate_fn(args, val_set, ctx), make_reduce_fn(args),
                       len(val_set), args.model)
+
+
+# ------------------------------------------------------------------- GluonCV's command line
+def parse_gluoncv_args(argv=None):
+    """Parse GluonCV 0.10's ``segmentation/train.py`` command line into this recipe's arguments;
+    exit 2 on bad input, before anything is written."""
+    from gluon_elastic import gluoncv_segmentation
+
+    parser = build_parser()
+    parser.description = "Elastic semantic segmentation with GluonCV 0.10's train.py flags."
+    parser._option_string_actions["--dataset"].choices = None  # GluonCV's names, checked below
+    gluoncv_segmentation.add_gluoncv_args(parser)
+    args = parser.parse_args(argv)
+    args.parser = parser
+    gluoncv_segmentation.resolve_args(parser, args, mx.context.num_gpus())
+    if args.data_dir is None:
+        args.data_dir = os.path.expanduser("~/.mxnet/datasets/" +
+                                           ("voc" if args.dataset == "voc" else "ade"))
+    if not args.synthetic:
+        if not os.path.isdir(args.data_dir):
+            parser.error("--data-dir %s does not exist (or pass --synthetic)" % args.data_dir)
+        missing = [path for path in _layout_files(args) if not os.path.exists(path)]
+        if missing:
+            parser.error("--data-dir %s is not a %s layout: missing %s"
+                         % (args.data_dir, args.dataset, ", ".join(missing)))
+    return args
+
+
+def build_gluoncv_model(args, ctx):
+    """GluonCV's ``get_segmentation_model`` for ``--model``/``--backbone``/``--dataset``
+    (backbone from scratch), initialised or loaded from ``--resume``, shapes resolved."""
+    from gluoncv.model_zoo.segbase import get_segmentation_model
+
+    net = get_segmentation_model(model=args.model, dataset=args.gluoncv_dataset,
+                                 backbone=args.backbone, pretrained_base=False, aux=args.aux,
+                                 base_size=args.base_size, crop_size=args.crop_size)
+    net.initialize(ctx=ctx)
+    if args.mode == "hybrid":
+        net.hybridize()
+    net.evaluate(mx.nd.zeros((1, 3, args.crop_size, args.crop_size), ctx=ctx))
+    if args.dtype != "float32":
+        net.cast(args.dtype)
+    if args.resume:
+        try:
+            net.load_parameters(args.resume, ctx=ctx)
+        except (AssertionError, mx.base.MXNetError, ValueError) as err:
+            args.parser.error("--resume %s does not fit %s: %s"
+                              % (args.resume, args.model_name, str(err).splitlines()[0]))
+    if args.no_wd:
+        for param in net.collect_params(".*beta|.*gamma|.*bias").values():
+            param.wd_mult = 0.0
+    return net
+
+
+def train_gluoncv(args):
+    """Train (or with ``--eval`` evaluate) from :func:`parse_gluoncv_args`, with GluonCV's log
+    lines and ``--save-dir`` files (``epoch_EEEE_mIoU_M.params`` after every validation, or
+    every epoch with ``--no-val``). Returns the :class:`ElasticLoop`, or the metrics of
+    ``--eval``."""
+    import logging
+
+    from gluon_elastic.recipe_log import GluonCVSegmentationLog
+
+    train_set, val_set = load_data(args)
+    num_train_samples = len(train_set)
+    backend, ctx = recipe.prepare(args.parser, args, num_train_samples)
+    net = build_gluoncv_model(args, ctx)
+    schedule = recipe.build_schedule(args.parser, args, num_train_samples)
+    # Everything is checked: from here on files are written.
+    handler = None
+    if backend.rank == 0:
+        os.makedirs(args.save_dir, exist_ok=True)
+        handler = logging.FileHandler(os.path.join(args.save_dir, args.logging_file))
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("gluon_elastic").addHandler(handler)
+        recipe.logger.info("%s", argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                                       if k != "parser"}))
+    try:
+        log_format = GluonCVSegmentationLog(lambda global_batch_size:
+                                            num_train_samples // global_batch_size)
+        evaluate_all = make_evaluate_fn(args, val_set, ctx, batch_size=args.test_batch_size)
+        reduce_all = make_reduce_fn(args)
+        if args.eval:
+            recipe.logger.info("Evaluating model: %s", args.resume)
+            metrics = reduce_all([evaluate_all(net, np.arange(len(val_set)))])
+            log_format.training(args.start_epoch, 0.0, 1, args.local_batch_size)
+            recipe.logger.info("%s", log_format.validation(args.start_epoch, metrics))
+            return metrics
+        recipe.logger.info("Starting Epoch: %d", args.start_epoch)
+        recipe.logger.info("Total Epochs: %d", args.epochs)
+
+        def evaluate(net, indices):
+            return None if args.no_val else evaluate_all(net, indices)
+
+        def reduce(statistics):
+            statistics = [s for s in statistics if s is not None]
+            return reduce_all(statistics) if statistics else {}
+
+        def on_epoch_end(epoch, net, trainer, metrics):
+            if trainer.rank == 0 and (metrics or args.no_val):
+                net.save_parameters(os.path.join(args.save_dir, "epoch_%04d_mIoU_%2.4f.params"
+                                                 % (epoch, metrics.get("mIoU", 0.0))))
+
+        def on_start(trainer, sampler, resumed):
+            if resumed or not args.start_epoch:
+                return None
+            # GluonCV saves no trainer state: momentum starts at 0, the schedule and counters
+            # at --start_epoch epochs of samples.
+            sampler.set_epoch(args.start_epoch)
+            trainer.iteration = args.start_epoch * (num_train_samples // trainer.global_batch_size)
+            trainer.progress = trainer.schedule_progress = args.start_epoch * num_train_samples
+            return "started at epoch %d (iteration %d)" % (args.start_epoch, trainer.iteration)
+
+        optimizer_params = {"learning_rate": args.lr, "wd": args.wd,
+                            "multi_precision": args.dtype == "float16"}
+        if args.optimizer == "sgd":
+            optimizer_params["momentum"] = args.momentum
+        return recipe.fit(args, backend, ctx, net, args.optimizer, optimizer_params, schedule,
+                          num_train_samples, make_train_loader(args, train_set),
+                          make_loss_fn(args, ctx), evaluate, reduce, len(val_set),
+                          args.model_name, log_format=log_format, on_epoch_end=on_epoch_end,
+                          on_start=on_start)
+    finally:
+        if handler is not None:
+            logging.getLogger("gluon_elastic").removeHandler(handler)
+            handler.close()
 
 
 def main(argv=None):

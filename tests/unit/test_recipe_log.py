@@ -117,3 +117,26 @@ def test_detection_format_is_gluoncvs_with_world_and_batch_appended():
     assert log.validation(2, {"cat": 0.5, "mAP": 0.5}) == "[Epoch 2] Validation: \ncat=0.5\nmAP=0.5"
     training = parse_gluoncv_log(log.training(2, 9.0, 2, 8))
     assert training[0]["ObjLoss"] == 1.5 and training[0]["world"] == 2.0
+
+
+def test_segmentation_format_and_gluoncvs_own_lines():
+    from gluon_elastic.recipe_log import GluonCVSegmentationLog
+
+    log = GluonCVSegmentationLog(lambda global_batch_size: 96 // global_batch_size)
+    lines = [log.batch(1, 5, 10.0, 0.001, 2, 8, 1.25), log.training(1, 1.5, 2, 8),
+             log.validation(1, {"pixAcc": 0.5, "mIoU": 0.25}),
+             # GluonCV 0.10's segmentation/train.py lines:
+             "Epoch 3 iteration 0020/0100: training loss 0.812",
+             "Epoch 3 validation pixAcc: 0.912, mIoU: 0.701"]
+    assert lines[:3] == [
+        "Epoch 1 iteration 0005/0012: training loss 1.250, world=2, global_batch=8, lr=0.001000",
+        "Epoch 1, training loss 1.500, world=2, global_batch=8",
+        "Epoch 1 validation pixAcc: 0.500, mIoU: 0.250, world=2, global_batch=8"]
+    assert parse_gluoncv_log("\n".join(lines)) == [
+        {"kind": "batch", "epoch": 1, "batch": 5, "batches": 12, "loss": 1.25, "world": 2.0,
+         "global_batch": 8.0, "lr": 0.001},
+        {"kind": "training", "epoch": 1, "loss": 1.5, "world": 2.0, "global_batch": 8.0},
+        {"kind": "validation", "epoch": 1, "pixAcc": 0.5, "mIoU": 0.25, "world": 2.0,
+         "global_batch": 8.0},
+        {"kind": "batch", "epoch": 3, "batch": 20, "batches": 100, "loss": 0.812},
+        {"kind": "validation", "epoch": 3, "pixAcc": 0.912, "mIoU": 0.701}]
