@@ -22,6 +22,13 @@ at the loopback bandwidth measured here with one TCP stream.
 
 The commit cost is ``ElasticState.commit`` time as a share of the time of the steps between two
 commits at the default ``--commit-interval`` (20).
+
+Across hosts (``--namespace-hosts``, as root): the job runs under the project's launcher
+(``python -m gluon_elastic.horovodrun``) with every worker on a network-namespace host of
+tests/hosts.py, launched over real ``ssh``; ``--link-rate`` / ``--link-delay`` shape each host's
+link with ``tc`` (a kernel without netem gets the rate alone, and the report says so). The floor
+then takes the bandwidth of one TCP stream between two hosts through that link, printed beside
+the link's round trip.
 """
 import argparse
 import json
@@ -159,17 +166,32 @@ def loopback_bandwidth(num_bytes=256 << 20, chunk=4 << 20):
     return num_bytes / seconds
 
 
-def run_job(log_dir, steps, timeout):
+def run_job(log_dir, steps, timeout, cluster=None):
+    """One job; with ``cluster`` (tests/hosts.Hosts, 3 hosts) across its hosts over ssh."""
     import discovery
 
     progress_file = os.path.join(log_dir, "progress")
-    script = discovery.write_script(os.path.join(log_dir, "discover.sh"), SCHEDULE, progress_file)
-    command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--gloo", "-np", "2",
-               "--min-np", "1", "--max-np", "3", "--host-discovery-script", script,
-               "--network-interface", "lo", sys.executable, os.path.abspath(__file__), "--worker",
-               "--log-dir", log_dir, "--progress-file", progress_file, "--steps", str(steps)]
+    schedule = SCHEDULE
+    worker = [sys.executable, os.path.abspath(__file__), "--worker", "--log-dir", log_dir,
+              "--progress-file", progress_file, "--steps", str(steps)]
+    if cluster is not None:
+        # The same world sizes on named hosts: 2 hosts, the third joins, the second leaves.
+        h1, h2, h3 = cluster.hosts[:3]
+        schedule = "0:%s:1,%s:1;3:%s:1,%s:1,%s:1;6:%s:1,%s:1" % (h1, h2, h1, h2, h3, h1, h3)
+    script = discovery.write_script(os.path.join(log_dir, "discover.sh"), schedule, progress_file)
+    if cluster is None:
+        command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--gloo",
+                   "-np", "2", "--min-np", "1", "--max-np", "3", "--host-discovery-script",
+                   script, "--network-interface", "lo"] + worker
+    else:
+        command = [sys.executable, "-m", "gluon_elastic.horovodrun", "-np", "2", "--min-np", "1",
+                   "--max-np", "3", "--host-discovery-script", script, "--network-interface",
+                   cluster.interface, "--checkpoint-dir", os.path.join(log_dir, "checkpoints"),
+                   "--"] + worker
     env = dict(os.environ, OMP_NUM_THREADS="1", HOROVOD_GLOO_TIMEOUT_SECONDS="120",
                MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
+    if cluster is not None:
+        env = cluster.env(dict(env, PYTHONPATH=ROOT))
     with open(os.path.join(log_dir, "output.txt"), "w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -179,9 +201,10 @@ def run_job(log_dir, steps, timeout):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    if proc.returncode != 0:
-        raise RuntimeError("benchmark job failed (exit %s); see %s/output.txt"
-                           % (proc.returncode, log_dir))
+    if proc.returncode != 0:  # the log directory is temporary: show the end of the output
+        with open(os.path.join(log_dir, "output.txt"), errors="replace") as fin:
+            tail = fin.read()[-4000:]
+        raise RuntimeError("benchmark job failed (exit %s):\n%s" % (proc.returncode, tail))
     records = []
     for name in os.listdir(log_dir):
         if name.startswith("worker."):
@@ -248,15 +271,46 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per job")
     parser.add_argument("--out", default=None, help="JSON file for the raw figures")
+    parser.add_argument("--namespace-hosts", action="store_true",
+                        help="run every worker on a network-namespace host over ssh (root)")
+    parser.add_argument("--link-rate", default=None, help="shaped link rate, e.g. 10gbit")
+    parser.add_argument("--link-delay", default=None, help="shaped link delay, e.g. 0.1ms")
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return
-    bandwidth = median([loopback_bandwidth() for _ in range(3)])
+    if not args.namespace_hosts:
+        return measure(args, median([loopback_bandwidth() for _ in range(3)]))
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from hosts import Hosts, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        raise SystemExit("namespace hosts: %s" % reason)
+    cluster = Hosts(3).start()
+    try:
+        shaping = cluster.shape(args.link_rate, args.link_delay) \
+            if args.link_rate or args.link_delay else dict(cluster.shaping)
+        a, b = cluster.hosts[:2]
+        bandwidth = median([cluster.bandwidth(a, b) for _ in range(3)])
+        link = dict(shaping, asked_delay=args.link_delay, round_trip=cluster.round_trip(a, b))
+        print("link: %s rate, %s delay (tc %s%s); one TCP stream between two hosts %.2f GB/s, "
+              "round trip %.0f us" % (
+                  link["rate"] or "no", link["delay"] or "no", link["qdisc"],
+                  "; this kernel has no netem, delay not applied"
+                  if args.link_delay and not link["delay"] else "",
+                  bandwidth / 1e9, link["round_trip"] * 1e6))
+        return measure(args, bandwidth, cluster, link)
+    finally:
+        cluster.close()
+
+
+def measure(args, bandwidth, cluster=None, link=None):
+    """Run the repeats, print the phases beside the floor, write ``args.out``."""
     merged = {}
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="hvd_resize_") as log_dir:
-            records = run_job(log_dir, args.steps, args.timeout)
+            records = run_job(log_dir, args.steps, args.timeout, cluster)
             if args.out:
                 with open("%s.records.%d.json" % (args.out, repeat), "w") as fout:
                     json.dump(records, fout)
@@ -273,8 +327,9 @@ def main(argv=None):
     floor = floor_init + state_bytes / bandwidth
     step = median(merged["step"])
     commit = median(merged["commit"])
-    print("state: %.1f M parameters (aux included), %.0f MB with momentum; loopback %.2f GB/s"
-          % (num_params / 1e6, state_bytes / 1e6, bandwidth / 1e9))
+    print("state: %.1f M parameters (aux included), %.0f MB with momentum; %s %.2f GB/s"
+          % (num_params / 1e6, state_bytes / 1e6,
+             "loopback" if cluster is None else "host to host", bandwidth / 1e9))
     print("floor: Gloo init %.2f s + broadcast %.2f s = %.2f s" % (
         floor_init, state_bytes / bandwidth, floor))
     for kind, title in (("grow", "survivors, 2 -> 3"), ("shrink", "survivors, 3 -> 2"),
@@ -288,7 +343,8 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as fout:
             json.dump({"bandwidth": bandwidth, "num_params": num_params, "floor": floor,
-                       "phases": merged}, fout, indent=1)
+                       "phases": merged, "link": link,
+                       "load": os.getloadavg()[0]}, fout, indent=1)
 
 
 if __name__ == "__main__":
