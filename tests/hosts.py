@@ -169,12 +169,15 @@ class Hosts:
         return self
 
     def _start(self):
+        sweep_stale()
         subnet = _free_subnet()
         addresses = [str(a) for a in subnet.hosts()]
         self.head_address = addresses[0]
         self.directory = tempfile.mkdtemp(prefix="gluon_elastic-hosts-%s-" % self.ident,
                                           dir="/run")
         os.chmod(self.directory, 0o700)
+        with open(os.path.join(self.directory, "owner"), "w") as fout:
+            fout.write("%d\n" % os.getpid())  # sweep_stale() tells a live harness by it
         _run(["ip", "link", "add", self.interface, "type", "bridge"])
         _run(["ip", "addr", "add", "%s/24" % self.head_address, "dev", self.interface])
         _run(["ip", "link", "set", self.interface, "up"])
@@ -470,6 +473,49 @@ class Hosts:
         with open(ETC_HOSTS) as fin:
             left.extend(line.strip() for line in fin if self._hosts_line_marker in line)
         return left
+
+
+def sweep_stale():
+    """Remove what harnesses whose process died (SIGKILLed, no teardown ran) left behind.
+
+    Only this harness's own objects are touched: namespaces ``gluon_elastic-ge<id>-h<n>``,
+    the bridge ``ge<id>``, ``/etc/hosts`` lines marked with ``<id>`` and the directory
+    ``/run/gluon_elastic-hosts-<id>-*``, for ids whose directory names a dead owner (or
+    whose directory is gone while namespaces remain).
+
+    Returns
+    -------
+    list of str
+        The ids swept.
+    """
+    import glob
+
+    live, ids = set(), set()
+    for directory in glob.glob("/run/gluon_elastic-hosts-*"):
+        ident = os.path.basename(directory).split("-")[2]
+        try:
+            with open(os.path.join(directory, "owner")) as fin:
+                owner = int(fin.read())
+            os.kill(owner, 0)
+            live.add(ident)
+        except (OSError, ValueError):
+            ids.add(ident)
+    for path in glob.glob("/run/netns/gluon_elastic-ge*-h*"):
+        ident = os.path.basename(path)[len("gluon_elastic-ge"):].split("-")[0]
+        if ident not in live:
+            ids.add(ident)
+    for ident in sorted(ids):
+        stale = Hosts(0)
+        stale.ident, stale.interface = ident, "ge%s" % ident
+        stale.hosts = [os.path.basename(p)[len("gluon_elastic-"):] for p in
+                       glob.glob("/run/netns/gluon_elastic-ge%s-h*" % ident)]
+        stale.namespaces = {host: "gluon_elastic-%s" % host for host in stale.hosts}
+        stale._hosts_line_marker = "# gluon_elastic hosts %s" % ident  # pylint: disable=W0212
+        found = glob.glob("/run/gluon_elastic-hosts-%s-*" % ident)
+        stale.directory = found[0] if found else None
+        stale._started = True  # pylint: disable=protected-access
+        stale.close()
+    return sorted(ids)
 
 
 def _exists_netns(namespace):
