@@ -416,3 +416,31 @@ def test_image_folders_train_and_classes_checked(tmp_path, capsys):
                                       capsys)
     assert code == 2 and "--classes 3 disagrees with %s: it holds label 3" % (
         tmp_path / "imagenet" / "train") in err, err
+
+
+@pytest.mark.dist
+@pytest.mark.timeout(360)
+def test_published_command_on_a_two_worker_kvstore_group(rec_dir, tmp_path):
+    """The same published command with --backend dist_sync on 2 workers: each reads its part of
+    the RecordIO file through ImageRecordIter; the global batch is 2 workers x --batch-size 2."""
+    argv = ["--rec-train", os.path.join(rec_dir, "train.rec"),
+            "--rec-train-idx", os.path.join(rec_dir, "train.idx"),
+            "--rec-val", os.path.join(rec_dir, "val.rec"),
+            "--rec-val-idx", os.path.join(rec_dir, "val.idx"),
+            "--model", "resnet50_v1b", "--mode", "hybrid", "--lr", "0.4", "--lr-mode", "cosine",
+            "--num-epochs", "1", "--batch-size", "2", "--num-gpus", "0", "-j", "1",
+            "--warmup-epochs", "0", "--use-rec", "--last-gamma", "--no-wd", "--label-smoothing",
+            "--save-dir", str(tmp_path / "params"), "--logging-file", str(tmp_path / "train.log"),
+            "--input-size", "32", "--log-interval", "1", "--backend", "dist_sync"]
+    code, output = recipe_data.run_kvstore_group([sys.executable, SCRIPT] + argv, timeout=320)
+    assert code == 0, output[-4000:]
+    records = parse_gluoncv_log(open(tmp_path / "train.log").read())
+    batches = [r for r in records if r["kind"] == "batch"]
+    # 16 images, global batch 4: 4 steps; the cosine LR of each step (no warmup).
+    assert [(r["batch"], r["world"], r["global_batch"]) for r in batches] == \
+        [(i, 2, 4) for i in range(4)]
+    assert [r["lr"] for r in batches] == pytest.approx(
+        [0.4 * (1 + np.cos(np.pi * p / 16)) / 2 for p in (0, 4, 8, 12)], abs=1e-6)
+    assert [r["epoch"] for r in records if r["kind"] == "validation"] == [0]
+    assert sorted(os.listdir(tmp_path / "params"))[-2:] == ["imagenet-resnet50_v1b-0.params",
+                                                           "imagenet-resnet50_v1b-0.states"]
