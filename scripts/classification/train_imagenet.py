@@ -658,6 +658,11 @@ def make_on_start(args, num_train_samples, record_loader=None):
             except ValueError:
                 # A file of ElasticTrainer.save_states carries its own iteration and progress.
                 trainer.load_states(args.resume_states)
+        else:
+            # No trainer state (GluonCV's --resume-epoch alone): momentum starts at 0, the
+            # schedule and counters at --resume-epoch epochs of samples.
+            trainer.iteration = iteration
+            trainer.progress = trainer.schedule_progress = progress_samples
         sampler.set_epoch(args.resume_epoch)
         return "started at epoch %d (iteration %d) from %s" % (
             args.resume_epoch, trainer.iteration, args.resume_states or "--resume-epoch")

@@ -278,6 +278,16 @@ def test_resume_from_files_of_gluon_trainer(rec_dir, tmp_path):
     assert elastic.optimizer.num_update == 2
     for index, momentum in saved_momentum.items():
         np.testing.assert_array_equal(elastic._updaters[0].states[index].asnumpy(), momentum)
+    # --resume-epoch alone (GluonCV allows it): the schedule and counters start at epoch 1 too.
+    alone = cls.parse_args(["--model", "resnet18_v1b"] + SMALL + rec_flags(rec_dir)
+                           + ["--batch-size", "4", "--num-epochs", "2", "--resume-epoch", "1"])
+    fresh = ElasticTrainer(resumed_net.collect_params(), "nag", {"learning_rate": 0.1},
+                           kvstore=LocalBackend("device"), local_batch_size=4)
+    fresh_sampler = ElasticSampler(16, seed=1)
+    assert cls.make_on_start(alone, 16)(fresh, fresh_sampler, False) == \
+        "started at epoch 1 (iteration 4) from --resume-epoch"
+    assert (fresh.iteration, fresh.progress, fresh.schedule_progress, fresh_sampler.epoch) == \
+        (4, 16, 16, 1)
     # The whole run: epoch 1 only, 4 steps after the 4 of epoch 0.
     loop = cls.train(args)
     assert [epoch for epoch, _ in loop.history] == [1]
