@@ -23,14 +23,17 @@ import time
 __all__ = ["guard", "main"]
 
 
-def _kill_group(pgid, grace):
-    """SIGTERM the group ``pgid``, SIGKILL it after ``grace`` seconds if anything is left."""
+def _kill_group(child, grace):
+    """SIGTERM the process group of ``child``, SIGKILL it after ``grace`` seconds if anything is
+    left (the child is reaped on the way: a zombie would count as alive)."""
+    pgid = child.pid
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
+        child.poll()
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
@@ -76,7 +79,7 @@ def guard(command, poll_interval=0.5, grace=2.0):
             pass
         if stop or os.getppid() != parent:
             # The session is gone (or we were told to stop): nothing may outlive it on this host.
-            _kill_group(child.pid, grace)
+            _kill_group(child, grace)
             code = child.wait()
             break
     return 128 - code if code < 0 else code

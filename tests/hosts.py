@@ -23,9 +23,11 @@ client key, ``authorized_keys``, ``known_hosts``, an ``sshd_config``, an ``ssh_c
 the password database, not from ``$HOME``, so the wrapper and its config are how this harness
 avoids the user's ``~/.ssh``, which it never touches. The wrapper also runs every remote command
 under :mod:`gluon_elastic.hostguard`, so that a worker dies with its ``ssh`` session (``ssh``
-without a terminal sends no hang-up). Keep-alives bound how long a dead link goes unnoticed:
-the client gives up after ``ServerAliveInterval`` x ``ServerAliveCountMax`` = 2 s x 3, ``sshd``
-after ``ClientAliveInterval`` x ``ClientAliveCountMax`` = 2 s x 3.
+without a terminal sends no hang-up). Keep-alives bound how long a dead link goes unnoticed
+(``ServerAliveInterval`` / ``ServerAliveCountMax`` in the client, ``ClientAliveInterval`` /
+``ClientAliveCountMax`` in ``sshd``, 2 s and 3 both): with a host's link down, its ``sshd``
+dropped the session 14.9 s later here (7.4 s with an interval of 1 s), and the guard ended the
+remote command 0.4 s after that.
 
 Teardown (:meth:`Hosts.close`, also registered with :mod:`atexit`) kills every process of every
 namespace (``sshd`` and whatever it started), deletes the namespaces and the bridge, removes the

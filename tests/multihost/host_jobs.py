@@ -189,6 +189,8 @@ def run_host_job(log_dir, count, schedule_of, holds, np_start, gloo_timeout, epo
                 if ended is None and proc.poll() is not None:
                     ended = time.monotonic()
                 time.sleep(0.05)
+            if ended is None and proc.poll() is not None:
+                ended = time.monotonic()
             wall = None if ended is None else ended - tic
         deadline = time.monotonic() + 10.0
         while proc.poll() is not None and time.monotonic() < deadline:
