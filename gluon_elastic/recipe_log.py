@@ -16,7 +16,8 @@ recipe can print the lines of the GluonCV script it stands in for:
   training metric and ``lr`` with ``%f``; validation ``err-top1=%f err-top5=%f`` separated by a
   space), with ``world``, ``global_batch`` and ``loss`` appended after a tab::
 
-    Epoch[E] Batch [i]\\tSpeed: S samples/sec\\taccuracy=A\\tlr=L\\tworld=W\\tglobal_batch=G\\tloss=X
+    Epoch[E] Batch [i]\\tSpeed: S samples/sec\\taccuracy=A\\tlr=L\\tworld=W\\t
+        global_batch=G\\tloss=X   (one line)
     [Epoch E] training: accuracy=A\\tworld=W\\tglobal_batch=G\\tloss=X
     [Epoch E] speed: S samples/sec\\ttime cost: T
     [Epoch E] validation: err-top1=E1 err-top5=E5
@@ -24,20 +25,23 @@ recipe can print the lines of the GluonCV script it stands in for:
   A reader of GluonCV's lines that stops at its own last field reads them unchanged.
 * :class:`GluonCVDetectionLog`: the lines of GluonCV 0.10's ``train_ssd.py`` and
   ``train_yolo3.py`` (YOLOv3's with ``LR: %.2E``), fields separated by ``, ``, with ``world``,
-  ``global_batch`` (and ``lr`` for SSD) appended the same way; the validation block is GluonCV's,
-  one ``name=value`` line per class and the mean (and :class:`GluonCVSegmentationLog`, GluonCV's
-  segmentation lines)::
+  ``global_batch`` (and ``lr`` for SSD) appended the same way, one extra speed line per epoch,
+  and GluonCV's validation block, one ``name=value`` line per class and the mean::
 
-    [Epoch E][Batch i], Speed: S samples/sec, CrossEntropy=C, SmoothL1=L, world=W, global_batch=G, lr=R
+    [Epoch E][Batch i], Speed: S samples/sec, CrossEntropy=C, SmoothL1=L, world=W,
+        global_batch=G, lr=R   (one line)
     [Epoch E] Training cost: T, CrossEntropy=C, SmoothL1=L, world=W, global_batch=G
-    [Epoch E] speed: S samples/sec\ttime cost: T
-    [Epoch E] Validation: 
+    [Epoch E] speed: S samples/sec\\ttime cost: T
+    [Epoch E] Validation:
     aeroplane=0.1
     mAP=0.1
 
+* :class:`GluonCVSegmentationLog`: the lines of GluonCV 0.10's ``segmentation/train.py``
+  (see the class).
+
 ``Speed`` counts the samples of the whole (real or virtual) group per second, which is what
-GluonCV's single-process script prints for its one process. :func:`parse_gluoncv_log` reads both
-formats; it is written from GluonCV's printed format, not from this module's.
+GluonCV's single-process script prints for its one process. :func:`parse_gluoncv_log` reads
+every format here; it is written from GluonCV's printed format, not from this module's.
 
 Imports no MXNet.
 """

@@ -321,7 +321,7 @@ def _normalize(image):
 
 
 class TrainTransform(gluon.data.Dataset):
-    """Random-resized crop and horizontal flip, random draws a pure function of (seed, epoch, index).
+    """Random-resized crop and horizontal flip, drawn as a pure function of (seed, epoch, index).
 
     Whichever worker (real or virtual) loads a sample, it gets the same crop: the emulated world
     and a real one see identical inputs.

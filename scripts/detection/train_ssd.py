@@ -3,7 +3,8 @@
 Every flag of GluonCV's script with GluonCV's default, the elastic flags on top (table in
 ``scripts/detection/README.md``); training runs through ``train_detection.py``::
 
-    python scripts/detection/train_ssd.py --network vgg16_atrous --data-shape 300 --batch-size 32 --gpus 0,1,2,3 -j 32 --lr 0.001
+    python scripts/detection/train_ssd.py --network vgg16_atrous --data-shape 300 \\
+        --batch-size 32 --gpus 0,1,2,3 -j 32 --lr 0.001
 """
 import os
 import sys

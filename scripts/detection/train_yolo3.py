@@ -3,7 +3,9 @@
 Every flag of GluonCV's script with GluonCV's default, the elastic flags on top (table in
 ``scripts/detection/README.md``); training runs through ``train_detection.py``::
 
-    python scripts/detection/train_yolo3.py --network darknet53 --dataset voc --gpus 0,1,2,3,4,5,6,7 --batch-size 64 -j 16 --log-interval 100 --lr-decay-epoch 160,180 --epochs 200 --syncbn --warmup-epochs 4
+    python scripts/detection/train_yolo3.py --network darknet53 --dataset voc \\
+        --gpus 0,1,2,3,4,5,6,7 --batch-size 64 -j 16 --log-interval 100 \\
+        --lr-decay-epoch 160,180 --epochs 200 --syncbn --warmup-epochs 4
 """
 import os
 import sys

@@ -124,7 +124,8 @@ def test_published_resnet50_v1b_command_runs_unchanged(rec_dir, tmp_path):
     pointed at tiny RecordIO files and only sizes changed: epochs, batch, GPUs, data workers,
     warmup length and input size; plus the elastic flags."""
     published = [
-        "--rec-train", "/media/ramdisk/rec/train.rec", "--rec-train-idx", "/media/ramdisk/rec/train.idx",
+        "--rec-train", "/media/ramdisk/rec/train.rec",
+        "--rec-train-idx", "/media/ramdisk/rec/train.idx",
         "--rec-val", "/media/ramdisk/rec/val.rec", "--rec-val-idx", "/media/ramdisk/rec/val.idx",
         "--model", "resnet50_v1b", "--mode", "hybrid",
         "--lr", "0.4", "--lr-mode", "cosine", "--num-epochs", "120", "--batch-size", "128",
@@ -196,7 +197,8 @@ BAD_INPUT = [
     (["--batch-size", "3", "--local-batch-size", "4"], "--local-batch-size 4 (per worker) "
                                                          "contradicts --batch-size 3"),
     (["--save-dir", "{file}"], "--save-dir"), (["--checkpoint-dir", "{file}"], "--checkpoint-dir"),
-    (["--save-dir", "{file}/params"], "--save-dir"), (["--logging-file", "{dir}"], "--logging-file"),
+    (["--save-dir", "{file}/params"], "--save-dir"),
+    (["--logging-file", "{dir}"], "--logging-file"),
     (["--rec-train-idx", "{missing}"], "--rec-train-idx"),
     (["--rec-val", "{missing}"], "--rec-val"),
     (["--rec-train-idx", "{shifted}"], "--rec-train/--rec-train-idx"),
@@ -260,9 +262,9 @@ def test_resume_from_files_of_gluon_trainer(rec_dir, tmp_path):
                           + ["--batch-size", "4", "--num-epochs", "2", "--mode", "hybrid"] + resume)
     # The weights are the file's, bit for bit.
     resumed_net = cls.build_model(args, mx.cpu())
+    resumed_params = resumed_net._collect_params_with_prefix()
     for name, value in mx.nd.load(params_file).items():
-        np.testing.assert_array_equal(resumed_net._collect_params_with_prefix()[name].data().asnumpy(),
-                                      value.asnumpy())
+        np.testing.assert_array_equal(resumed_params[name].data().asnumpy(), value.asnumpy())
     # The trainer takes the file's momentum and counters and starts at epoch 1 of 16 samples.
     from gluon_elastic import ElasticTrainer
     from gluon_elastic.backends import LocalBackend

@@ -57,7 +57,7 @@ def test_every_gluoncv_flag_with_gluoncvs_default(kind, table):
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
-    """``DATASET_ROOT/voc`` is a tiny VOCdevkit (VOC2007 only), as GluonCV's --dataset-root wants."""
+    """``DATASET_ROOT/voc``: a tiny VOCdevkit (VOC2007 only), as GluonCV's --dataset-root wants."""
     root = tmp_path_factory.mktemp("datasets")
     devkit = recipe_data.make_voc_detection(str(root / "raw"), num_train=8, num_val=4, size=64)
     os.symlink(devkit, str(root / "voc"))
