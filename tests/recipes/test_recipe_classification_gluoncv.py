@@ -456,3 +456,16 @@ def test_published_command_on_a_two_worker_kvstore_group(rec_dir, tmp_path):
     assert [r["epoch"] for r in records if r["kind"] == "validation"] == [0]
     assert sorted(os.listdir(tmp_path / "params"))[-2:] == ["imagenet-resnet50_v1b-0.params",
                                                            "imagenet-resnet50_v1b-0.states"]
+
+
+@pytest.mark.timeout(300)
+def test_record_iter_feeds_emulated_workers(rec_dir):
+    """--use-rec with --emulate-schedule: one ImageRecordIter over the whole file feeds both
+    virtual workers (2 x --batch-size 2 = 4 per step, 16 images: 4 steps per epoch)."""
+    loop = cls.train(cls.parse_args(["--model", "resnet18_v1b", "--mode", "hybrid"] + SMALL
+                                    + rec_flags(rec_dir, reader="iter")
+                                    + ["--batch-size", "2", "--num-epochs", "2",
+                                       "--emulate-schedule", "0:1,1:2"]))
+    # Epoch 0: world 1, 8 steps of 2; epoch 1: world 2, 4 steps of 4.
+    assert (loop.trainer.world_size, loop.trainer.iteration, loop.trainer.progress) == (2, 12, 32)
+    assert [epoch for epoch, _ in loop.history] == [0, 1]
