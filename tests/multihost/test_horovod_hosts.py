@@ -29,8 +29,8 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 # pylint: disable=wrong-import-position
-from conftest import require_hosts  # noqa: E402
 from host_jobs import run_host_job  # noqa: E402
+from hosts import require_hosts  # noqa: E402
 from horovod_elastic import listed  # noqa: E402
 from horovod_records import (assert_clean_exit, assert_exactly_once,  # noqa: E402
                              assert_identical_after_every_reset,

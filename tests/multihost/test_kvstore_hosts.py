@@ -35,8 +35,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "dist"))
 # pylint: disable=wrong-import-position
-from conftest import require_hosts  # noqa: E402
-from hosts import Hosts  # noqa: E402
+from hosts import Hosts, require_hosts  # noqa: E402
 from processes import kill_processes_with_token  # noqa: E402
 # The one-machine tests' reading of a checkpoint file, with the worker's own digests.
 from test_kvstore_elastic import _digests_from_file  # noqa: E402
