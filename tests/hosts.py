@@ -14,7 +14,11 @@ supervisors run) holds the first address of a private /24 (10.197.X.0/24, X chos
 interface or route of this machine overlaps it); every host is a namespace whose end of a veth
 pair carries the same name and the next address. Gloo takes one interface name
 (``--network-interface``), which is why the names match. Names resolve through lines this
-harness appends to ``/etc/hosts`` (marked with its id) and removes at the end.
+harness appends to ``/etc/hosts`` (marked with its id) and removes at the end; each host's
+``sshd`` (and so everything it starts) also runs in a UTS namespace of its own whose host name is
+the host's, so that a host's name resolves to its own address there, as on a real machine.
+:meth:`Hosts.shape` shapes the links with ``tc`` (netem, or tbf for the rate alone where the
+kernel has no netem). A harness only ever uses the addresses of the subnet it created.
 
 ``ssh``: a private directory (``/run/gluon_elastic-hosts-<id>``, mode 0700; ``sshd``'s
 StrictModes refuses keys under world-writable directories such as ``/tmp``) holds a host key, a
