@@ -207,7 +207,7 @@ class Hosts:
             namespace = self.namespaces[host]
             address = addresses[index + 1]
             self.addresses[host] = address
-            peer = "%sp%d" % (self.interface, index + 1)
+            peer = self._peer(host)
             inside = "%sn%d" % (self.interface, index + 1)
             _run(["ip", "netns", "add", namespace])
             _run(["ip", "link", "add", peer, "type", "veth", "peer", "name", inside])
@@ -473,6 +473,10 @@ class Hosts:
                 pass
         for host in self.hosts:
             _run(["ip", "netns", "del", self.namespaces[host]], check=False)
+            # The head's end of the host's veth pair, deleted explicitly: a deleted namespace
+            # lives on in the kernel while orphaned TCP sockets in it still retransmit (after a
+            # partition, for minutes), and its veth pair with it.
+            _run(["ip", "link", "del", self._peer(host)], check=False)
         _run(["ip", "link", "del", self.interface], check=False)
         try:
             with open(ETC_HOSTS, "r+") as fio:
@@ -487,11 +491,16 @@ class Hosts:
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
+    def _peer(self, host):
+        """Name of the head's end of ``host``'s veth pair."""
+        return "%sp%s" % (self.interface, host.rsplit("-h", 1)[1])
+
     def remaining(self):
         """What of this harness still exists: namespaces, links, ``/etc/hosts`` lines."""
         left = [ns for ns in self.namespaces.values() if _exists_netns(ns)]
-        if _run(["ip", "link", "show", self.interface], check=False).returncode == 0:
-            left.append("link %s" % self.interface)
+        for link in [self.interface] + [self._peer(host) for host in self.hosts]:
+            if _run(["ip", "link", "show", link], check=False).returncode == 0:
+                left.append("link %s" % link)
         with open(ETC_HOSTS) as fin:
             left.extend(line.strip() for line in fin if self._hosts_line_marker in line)
         return left
