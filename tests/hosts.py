@@ -41,6 +41,7 @@ import atexit
 import ipaddress
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -511,8 +512,9 @@ def sweep_stale():
 
     Only this harness's own objects are touched: namespaces ``gluon_elastic-ge<id>-h<n>``,
     the bridge ``ge<id>``, ``/etc/hosts`` lines marked with ``<id>`` and the directory
-    ``/run/gluon_elastic-hosts-<id>-*``, for ids whose directory names a dead owner (or
-    whose directory is gone while namespaces remain).
+    ``/run/gluon_elastic-hosts-<id>-*`` and the head's ends ``ge<id>p<n>`` of veth pairs, for
+    ids whose directory names a dead owner (or whose directory is gone while namespaces or
+    links remain).
 
     Returns
     -------
@@ -535,6 +537,12 @@ def sweep_stale():
         ident = os.path.basename(path)[len("gluon_elastic-ge"):].split("-")[0]
         if ident not in live:
             ids.add(ident)
+    # Heads' ends of veth pairs whose namespace was deleted but lingers in the kernel.
+    links = _run(["ip", "-o", "link", "show"], check=False).stdout
+    for name in re.findall(r"^\d+: (ge[0-9a-f]{4}p\d+)[@:]", links, re.M):
+        if name[2:6] not in live:
+            _run(["ip", "link", "del", name], check=False)
+            ids.add(name[2:6])
     for ident in sorted(ids):
         stale = Hosts(0)
         stale.ident, stale.interface = ident, "ge%s" % ident
