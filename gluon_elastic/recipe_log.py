@@ -63,6 +63,10 @@ class RecipeLog:
     def start_epoch(self, epoch):
         """Nothing accumulates across steps here."""
 
+    def training_metrics(self):
+        """The training metrics of the epoch so far, ``{name: value}`` (none here)."""
+        return {}
+
     def batch(self, epoch, step_index, speed, lr, world_size, global_batch_size, loss):
         """The progress line after step ``step_index`` (0-based) of ``epoch``."""
         return ("Epoch[%d] Batch [%d]\tSpeed: %.2f samples/sec\tworld=%d\tglobal_batch=%d\t"
@@ -108,6 +112,11 @@ class GluonCVClassificationLog(RecipeLog):
         # An epoch that resumes at its very end has no batch yet: report 0 rather than nan.
         return name, value if value == value else 0.0
 
+    def training_metrics(self):
+        """GluonCV's running training metric of the epoch (``accuracy``, or ``rmse`` with mixup)."""
+        name, value = self._metric()
+        return {name: value}
+
     def batch(self, epoch, step_index, speed, lr, world_size, global_batch_size, loss):
         name, value = self._metric()
         return ("Epoch[%d] Batch [%d]\tSpeed: %f samples/sec\t%s=%f\tlr=%f\tworld=%d\t"
@@ -146,6 +155,14 @@ class GluonCVDetectionLog(RecipeLog):
         self._epoch_start = time.time()
         for metric in self.loss_metrics:
             metric.reset()
+
+    def training_metrics(self):
+        """GluonCV's running per-component losses of the epoch."""
+        values = {}
+        for metric in self.loss_metrics:
+            name, value = metric.get()
+            values[name] = value if value == value else 0.0
+        return values
 
     def _losses(self):
         pairs = []

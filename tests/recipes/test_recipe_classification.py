@@ -162,6 +162,9 @@ def test_emulated_schedule_matches_real_workers(rec_dir, tmp_path):
         assert [(r["iteration"], r["world_size"], r["global_batch_size"]) for r in steps] == \
             [(i, 1, 2) for i in range(1, 9)] + [(i, 2, 4) for i in range(9, 13)]
         assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [0, 1]
+        # The running training accuracy of the epoch, a fraction of the samples seen so far.
+        assert all(set(r["metric"]) == {"accuracy"} and 0.0 <= r["metric"]["accuracy"] <= 1.0
+                   for r in steps)
     assert [r["event"] for r in real_records if r["kind"] == "event"] == ["restart", "world_change"]
     restart = [r for r in real_records if r["kind"] == "event"][0]
     assert (restart["iteration"], restart["iteration_from"], restart["progress"]) == (8, 8, 16)
