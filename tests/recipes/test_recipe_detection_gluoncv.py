@@ -92,11 +92,12 @@ def test_ssd_command_logs_like_gluoncv_saves_and_resumes(dataset_root, tmp_path)
     assert len(validation[0]) == 2 + 20 + 1 and 0 <= validation[0]["mAP"] <= 1  # VOC classes
     saved = sorted(os.listdir(tmp_path / "out"))
     assert "ssd_300_mobilenet0.25_voc_0000_%.4f.params" % validation[0]["mAP"] in saved
-    assert "ssd_300_mobilenet0.25_voc_0001_%.4f.params" % validation[1]["mAP"] in saved
+    epoch_1 = "ssd_300_mobilenet0.25_voc_0001_%.4f.params" % validation[1]["mAP"]
+    assert epoch_1 in saved
     # --resume and --start-epoch: GluonCV's parameters, one more epoch from epoch 2.
     resumed = ssd.train(ssd.parse_args(
         ["--network", "mobilenet0.25", "--epochs", "3", "--save-interval", "0",
-         "--resume", os.path.join(str(tmp_path / "out"), saved[-2]), "--start-epoch", "2"]
+         "--resume", os.path.join(str(tmp_path / "out"), epoch_1), "--start-epoch", "2"]
         + _tiny(dataset_root, prefix)))
     assert [epoch for epoch, _ in resumed.history] == [2]
     assert (resumed.trainer.iteration, resumed.trainer.progress) == (12, 24)
