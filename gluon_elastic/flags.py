@@ -74,6 +74,11 @@ def world_at(schedule, epoch):
     return world_size
 
 
+def _ramp_iters(text):
+    """``--ramp-iters``: an integer >= 0, or ``auto``."""
+    return "auto" if text == "auto" else non_negative_int(text)
+
+
 def add_elastic_args(parser, local_batch_size=32, lr=0.1):
     """Add the elastic flags to ``parser`` (an ``argparse.ArgumentParser``) in their own group."""
     group = parser.add_argument_group("elastic training")
@@ -96,8 +101,9 @@ def add_elastic_args(parser, local_batch_size=32, lr=0.1):
     group.add_argument("--transition", default="dynamic", choices=TRANSITIONS,
                        help="dynamic: Dynamic SGD ramp over T iterations; immediate: jump "
                             "(default: %(default)s)")
-    group.add_argument("--ramp-iters", type=non_negative_int, default=None,
-                       help="ramp length T in iterations (default: 8 per unit of k)")
+    group.add_argument("--ramp-iters", type=_ramp_iters, default=None,
+                       help="ramp length T in iterations, or 'auto' to derive it from the "
+                            "momentum and k (default: 8 per unit of k)")
     group.add_argument("--ramp-per-k", type=non_negative_float, default=None,
                        help="ramp length T = ramp_per_k * max(k, 1/k) iterations (default: 8)")
     group.add_argument("--shrink", default="immediate", choices=SHRINK_MODES,

@@ -83,8 +83,9 @@ class ElasticTrainer(gluon.Trainer):
     transition : {'dynamic', 'immediate'} or gluon_elastic.policy.Transition
         How the LR multiplier moves on a world change.
     ramp_iters, ramp_per_k, shrink
-        Ramp length ``T`` (iterations, or per unit of ``k``) and shrink behaviour of ``dynamic``;
-        see :class:`gluon_elastic.policy.Transition`.
+        Ramp length ``T`` (iterations, ``'auto'`` to derive it from the optimizer's momentum, or
+        per unit of ``k``) and shrink behaviour of ``dynamic``; see
+        :class:`gluon_elastic.policy.Transition`.
     momentum_correction : bool
         Rescale momentum by ``lr_t / lr_{t-1}`` whenever the LR changes (u-form semantics).
         False gives MXNet's native v-form.
@@ -123,8 +124,12 @@ class ElasticTrainer(gluon.Trainer):
         if isinstance(transition, Transition):
             self._transition = transition
         else:
+            # ramp_iters='auto' derives T from the optimizer's momentum coefficient.
+            momentum = (getattr(optimizer, "momentum", None) if not isinstance(optimizer, str)
+                        else (optimizer_params or {}).get("momentum"))
             self._transition = Transition(transition, ramp_iters=ramp_iters, ramp_per_k=ramp_per_k,
-                                          shrink=shrink, momentum_correction=momentum_correction)
+                                          shrink=shrink, momentum_correction=momentum_correction,
+                                          momentum=momentum if ramp_iters == "auto" else None)
 
         super().__init__(params, optimizer, optimizer_params, kvstore=self._backend.kvstore,
                          compression_params=compression_params, update_on_kvstore=False)

@@ -235,3 +235,23 @@ def test_optimizer_state_arrays_hold_every_state_array(optimizer, params, dtype,
         # to 3 (three ones), the bias's and both momenta to 0.
         assert [str(np.dtype(a.dtype)) for a in arrays] == ["float32"] * 4
         assert sorted(float(a.asnumpy().sum()) for a in arrays) == [0.0, 0.0, 0.0, 3.0]
+
+
+def test_automatic_ramp_takes_the_optimizers_momentum():
+    from gluon_elastic.flags import add_elastic_args, trainer_kwargs
+    from gluon_elastic.policy import auto_ramp_length
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_elastic_args(parser)
+    args = parser.parse_args(["--ramp-iters", "auto", "--local-batch-size", "2"])
+    backend = backends.create("device", world_size=1)
+    net = dense()
+    trainer = ElasticTrainer(net.collect_params(), "nag", {"learning_rate": 0.1,
+                             "momentum": 0.9}, kvstore=backend, **trainer_kwargs(args))
+    closed_form_step(net, trainer, 1, 2)
+    backend.set_world_size(4)
+    closed_form_step(net, trainer, 4, 2)
+    assert trainer.transition.ramp_len == auto_ramp_length(4.0, 0.9) > 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ramp-iters", "soon"])
