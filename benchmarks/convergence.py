@@ -98,6 +98,7 @@ METHODS = {
     "dynamic_T8k": {"transition": "dynamic", "ramp_per_k": 8.0},
     "dynamic_auto": {"transition": "dynamic", "ramp_iters": "auto"},
     "adascale": {"scaling": "adascale"},
+    "adascale_immediate": {"scaling": "adascale", "transition": "immediate"},
 }
 METHOD_LABELS = {
     "static_small": "static small world",
@@ -110,10 +111,12 @@ METHOD_LABELS = {
     "dynamic_T8k": "Dynamic SGD, T = 8k (default)",
     "dynamic_auto": "Dynamic SGD, automatic T",
     "adascale": "AdaScale (gain ramped, T = 8k)",
+    "adascale_immediate": "AdaScale (gain at the new scale at once)",
 }
 DYNAMIC = ("dynamic_T8", "dynamic_T8k", "dynamic_auto")
 RUN_ORDER = ("immediate", "immediate_nocorr", "dynamic_T8k", "dynamic_auto", "adascale",
-             "dynamic_T8", "static_small", "fixed_global", "static_large", "static_large_sqrt")
+             "adascale_immediate", "dynamic_T8", "static_small", "fixed_global", "static_large",
+             "static_large_sqrt")
 BASELINES = ("static_small", "static_large", "static_large_sqrt", "fixed_global", "immediate",
              "immediate_nocorr", "adascale")
 
@@ -331,7 +334,7 @@ def make_configs(args):
 def plan_text(configs, args):
     """What will run and how long it should take on the reference machine."""
     seconds = sum(sum(s for _, s in c["phases"]) / PLAN_RATE[
-        "adascale" if c["method"] == "adascale" else "default"] for c in configs)
+        "adascale" if c["method"].startswith("adascale") else "default"] for c in configs)
     cells = sorted({(c["schedule"], c["lr"]) for c in configs})
     lines = ["[convergence] scale %s: %d runs = %d cells x %d methods x %d seeds; model %s on %s; "
              "%d training images, per-worker batch %d" % (
