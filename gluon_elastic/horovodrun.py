@@ -66,8 +66,9 @@ from horovod.runner.common.util import hosts as hvd_hosts
 from horovod.runner.elastic.driver import ElasticDriver as HorovodElasticDriver
 from horovod.runner.elastic.worker import HostUpdateResult
 
-from .flags import non_negative_int, positive_float, positive_int
-from .launch import format_plan, process_plan, run_forwarding_signals
+from .flags import positive_int
+from .launch import (RestartBudget, add_restart_args, format_plan, process_plan,
+                     run_forwarding_signals)
 from .restart import ENV
 
 __all__ = ["NEXT_ASSIGNMENT_SCOPE", "EXIT_NO_SURVIVOR", "ElasticDriver", "rendezvous_handler",
@@ -352,9 +353,7 @@ class Supervisor:
         self.np = np
         self.min_np = min_np
         self.checkpoint_dir = checkpoint_dir
-        self.max_restarts = max_restarts
-        self.restart_window = float(restart_window)
-        self.restart_times = []     # time.monotonic() of each relaunch
+        self.budget = RestartBudget(max_restarts, restart_window)
         self.token = uuid.uuid4().hex
         self.generation = 0
         self.restarts = 0
@@ -433,21 +432,19 @@ class Supervisor:
                 if self.restarts:
                     _note("job finished after %d relaunch(es)" % self.restarts)
                 return 0
-            now = time.monotonic()
-            self.restart_times = [t for t in self.restart_times if now - t < self.restart_window]
-            if len(self.restart_times) >= self.max_restarts:
+            budget = self.budget
+            if not budget.allows():
                 _note("giving up: %s and the restart budget (--max-restarts %d per "
                       "--restart-window %.0f s) is used up; last checkpoint: %s"
-                      % (self.describe(code), self.max_restarts, self.restart_window,
+                      % (self.describe(code), budget.max_restarts, budget.window,
                          self._last_checkpoint()))
                 return code if code > 0 else 128 - code
             self.restarts += 1
-            self.restart_times.append(now)
+            budget.record()
             self.generation += 1
             _note("%s; relaunching on the listed hosts from %s (restart %d, %d of %d allowed "
                   "per %.0f s)" % (self.describe(code), self._last_checkpoint(), self.restarts,
-                                   len(self.restart_times), self.max_restarts,
-                                   self.restart_window))
+                                   budget.used, budget.max_restarts, budget.window))
 
 
 # ---------------------------------------------------------------------------- command line
@@ -494,12 +491,7 @@ def parse_args(argv=None):
                         help="durable commits of the job, shared by the hosts; a job started on "
                              "a directory that holds some resumes from the newest (default: a "
                              "temporary directory removed at the end)")
-    parser.add_argument("--max-restarts", type=non_negative_int, default=3,
-                        help="relaunches after the driver died or no worker survived, allowed "
-                             "within --restart-window (default: %(default)s)")
-    parser.add_argument("--restart-window", type=positive_float, default=3600.0,
-                        help="seconds over which --max-restarts counts relaunches, a sliding "
-                             "window (default: %(default)s, i.e. 3 per hour)")
+    add_restart_args(parser, "relaunches after the driver died or no worker survived")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the process plan (host, rank, local rank, device) of the "
                              "listed hosts and exit")

@@ -20,10 +20,11 @@ import sys
 import threading
 import time
 
-from .flags import positive_int
+from .flags import non_negative_int, positive_float, positive_int
 from .restart import ENV
 
-__all__ = ["Group", "free_port", "process_plan", "format_plan", "run_forwarding_signals", "main"]
+__all__ = ["Group", "free_port", "process_plan", "format_plan", "run_forwarding_signals",
+           "RestartBudget", "add_restart_args", "main"]
 
 
 def free_port(host="127.0.0.1"):
@@ -31,6 +32,50 @@ def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class RestartBudget:
+    """At most ``max_restarts`` restarts within any ``window`` seconds (a sliding window).
+
+    A long job on spot capacity that fails now and then keeps going for days; a job that fails
+    over and over stops. Used by both launchers (:mod:`gluon_elastic.supervisor`,
+    :mod:`gluon_elastic.horovodrun`).
+    """
+
+    def __init__(self, max_restarts, window=3600.0):
+        if max_restarts < 0:
+            raise ValueError("max_restarts must be >= 0, got %r" % (max_restarts,))
+        if not window > 0:
+            raise ValueError("the restart window must be > 0 seconds, got %r" % (window,))
+        self.max_restarts = max_restarts
+        self.window = float(window)
+        self._times = []            # time.monotonic() of each restart
+
+    @property
+    def used(self):
+        """Restarts within the window that ends now."""
+        now = time.monotonic()
+        self._times = [t for t in self._times if now - t < self.window]
+        return len(self._times)
+
+    def allows(self):
+        """Whether one more restart fits in the budget."""
+        return self.used < self.max_restarts
+
+    def record(self):
+        """Count a restart made now."""
+        self._times.append(time.monotonic())
+
+
+def add_restart_args(parser, what="relaunches"):
+    """``--max-restarts`` and ``--restart-window``, the same in every launcher."""
+    parser.add_argument("--max-restarts", type=non_negative_int, default=3,
+                        help="%s allowed within --restart-window; one more in that window ends "
+                             "the job (default: %%(default)s)" % what)
+    parser.add_argument("--restart-window", type=positive_float, default=3600.0,
+                        help="seconds over which --max-restarts counts them, a sliding window, "
+                             "so failures spread over days do not end a long job (default: "
+                             "%(default)s, i.e. 3 per hour)")
 
 
 def run_forwarding_signals(run, on_signal):

@@ -63,8 +63,9 @@ import sys
 import threading
 import time
 
-from .flags import non_negative_int, positive_float, positive_int
-from .launch import Group, format_plan, process_plan, run_forwarding_signals
+from .flags import positive_float, positive_int
+from .launch import (Group, RestartBudget, add_restart_args, format_plan, process_plan,
+                     run_forwarding_signals)
 from .restart import ENV, PROGRESS_MARKER, SAVE_REQUEST, STOPPED_MARKER
 
 __all__ = ["Supervisor", "SupervisedGroup", "parse_hosts", "read_discovery", "is_local_host",
@@ -315,10 +316,6 @@ class Supervisor:
             raise ValueError("give exactly one of hosts and discovery")
         if not command:
             raise ValueError("no worker command given")
-        if max_restarts < 0:
-            raise ValueError("max_restarts must be >= 0, got %r" % (max_restarts,))
-        if not restart_window > 0:
-            raise ValueError("restart_window must be > 0 seconds, got %r" % (restart_window,))
         if not progress_timeout > 0 or not start_timeout > 0:
             raise ValueError("progress_timeout and start_timeout must be > 0, got %r and %r"
                              % (progress_timeout, start_timeout))
@@ -330,9 +327,7 @@ class Supervisor:
         self.discovery = discovery
         self.num_servers = num_servers
         self.checkpoint_dir = os.path.abspath(checkpoint_dir) if checkpoint_dir else None
-        self.max_restarts = max_restarts
-        self.restart_window = float(restart_window)
-        self.restart_times = []     # time.monotonic() of each restart after a failure
+        self.budget = RestartBudget(max_restarts, restart_window)
         self.progress_timeout = float(progress_timeout)
         self.start_timeout = float(start_timeout)
         self.discovery_interval = float(discovery_interval)
@@ -432,26 +427,23 @@ class Supervisor:
                 self.note("stopped by signal %d" % self._interrupted)
                 return 128 + self._interrupted
             if outcome.kind == "failed":
-                now = time.monotonic()
-                self.restart_times = [t for t in self.restart_times
-                                      if now - t < self.restart_window]
-                if len(self.restart_times) >= self.max_restarts:
+                budget = self.budget
+                if not budget.allows():
                     self.note("giving up: %s, and the restart budget is used up (%d restarts "
                               "after failures in the last %.0f s, --max-restarts %d per "
                               "--restart-window %.0f s). Last saved state: %s. Fix the cause and "
                               "rerun the same command to resume from it."
-                              % (outcome.reason, len(self.restart_times), self.restart_window,
-                                 self.max_restarts, self.restart_window,
-                                 self._last_checkpoint()))
+                              % (outcome.reason, budget.used, budget.window,
+                                 budget.max_restarts, budget.window, self._last_checkpoint()))
                     # A signal death (-9) becomes the shell's convention (137).
                     return outcome.code if outcome.code > 0 else 128 - outcome.code \
                         if outcome.code < 0 else 1
                 self.restarts += 1
-                self.restart_times.append(now)
+                budget.record()
                 self.note("%s; killed the group, restart %d (%d of %d allowed per %.0f s) from "
                           "the last saved state (%s)"
-                          % (outcome.reason, self.restarts, len(self.restart_times),
-                             self.max_restarts, self.restart_window, self._last_checkpoint()))
+                          % (outcome.reason, self.restarts, budget.used, budget.max_restarts,
+                             budget.window, self._last_checkpoint()))
             else:
                 self.note("membership changed to %s (%s); relaunching"
                           % (_format_hosts(outcome.hosts), outcome.reason))
@@ -535,13 +527,7 @@ def parse_args(argv=None):
     parser.add_argument("-s", "--num-servers", type=positive_int, default=1, help="server processes")
     parser.add_argument("--checkpoint-dir", default=None,
                         help="checkpoint directory, passed to the workers (shared by all hosts)")
-    parser.add_argument("--max-restarts", type=non_negative_int, default=3,
-                        help="relaunches after failures allowed within --restart-window; one "
-                             "more failure in that window ends the job (default: %(default)s)")
-    parser.add_argument("--restart-window", type=positive_float, default=3600.0,
-                        help="seconds over which --max-restarts counts failures, so a long job "
-                             "on spot capacity is not ended by failures spread over days "
-                             "(default: %(default)s, i.e. 3 per hour)")
+    add_restart_args(parser, "relaunches after failures")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the process plan (host, rank, local rank, device) of the "
                              "current membership and exit")
