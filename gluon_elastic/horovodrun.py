@@ -68,7 +68,7 @@ from horovod.runner.elastic.worker import HostUpdateResult
 
 from .flags import positive_int
 from .launch import (RestartBudget, add_restart_args, format_plan, process_plan,
-                     run_forwarding_signals)
+                     processes_with_env, run_forwarding_signals)
 from .restart import ENV
 
 __all__ = ["NEXT_ASSIGNMENT_SCOPE", "EXIT_NO_SURVIVOR", "ElasticDriver", "rendezvous_handler",
@@ -307,25 +307,6 @@ def local_host_names():
         if name not in names and address in local:
             names.append(name)
     return names
-
-
-def processes_with_env(var, value):
-    """Pids of live processes of this user whose environment holds ``var=value`` (no zombies)."""
-    needle = ("%s=%s" % (var, value)).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:  # other users' processes are unreadable, and any may exit while we look
-            with open("/proc/%s/environ" % entry, "rb") as fin:
-                if needle not in fin.read().split(b"\0"):
-                    continue
-            with open("/proc/%s/stat" % entry) as stat:
-                if stat.read().rsplit(")", 1)[-1].split()[0] != "Z":
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 class Supervisor:

@@ -24,7 +24,7 @@ from .flags import non_negative_int, positive_float, positive_int
 from .restart import ENV
 
 __all__ = ["Group", "free_port", "process_plan", "format_plan", "run_forwarding_signals",
-           "RestartBudget", "add_restart_args", "main"]
+           "RestartBudget", "add_restart_args", "processes_with_env", "main"]
 
 
 def free_port(host="127.0.0.1"):
@@ -32,6 +32,25 @@ def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def processes_with_env(var, value):
+    """Pids of live processes of this user whose environment holds ``var=value`` (no zombies)."""
+    needle = ("%s=%s" % (var, value)).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:  # other users' processes are unreadable, and any may exit while we look
+            with open("/proc/%s/environ" % entry, "rb") as fin:
+                if needle not in fin.read().split(b"\0"):
+                    continue
+            with open("/proc/%s/stat" % entry) as stat:
+                if stat.read().rsplit(")", 1)[-1].split()[0] != "Z":
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 class RestartBudget:

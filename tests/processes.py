@@ -52,34 +52,11 @@ def kill_job(proc, marker):
 
 
 def processes_with_token(var, token):
-    """Pids of live processes whose environment carries ``var=token``.
+    """Pids of live processes whose environment carries ``var=token`` (zombies left out: they are
+    dead, only not yet reaped); the launchers' own search."""
+    from gluon_elastic.launch import processes_with_env
 
-    Parameters
-    ----------
-    var : str
-        Name of the environment variable.
-    token : str
-        Its value, unique to one test run.
-
-    Returns
-    -------
-    list of int
-        Zombies are left out: they are dead, only not yet reaped.
-    """
-    needle = ("%s=%s" % (var, token)).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:  # other users' processes are unreadable, and any may exit while we look
-            with open("/proc/%s/environ" % entry, "rb") as fin:
-                if needle in fin.read().split(b"\0"):
-                    with open("/proc/%s/stat" % entry) as stat:
-                        if stat.read().split(")")[-1].split()[0] != "Z":
-                            found.append(int(entry))
-        except OSError:
-            continue
-    return found
+    return processes_with_env(var, token)
 
 
 def kill_processes_with_token(var, token, grace=0.5):
