@@ -396,8 +396,10 @@ class ElasticLoop:
             step_loss = sum(float(loss.sum().asscalar()) for loss in losses)
             loss_sum += step_loss
             loss_count += sum(shard_sizes)
+            # The training metric is read (a device sync) only where a metrics file is written.
             self.metrics.step(epoch, step_loss / max(sum(shard_sizes), 1), global_batch_size,
-                              metric=self.log_format.training_metrics() or None)
+                              metric=self.log_format.training_metrics() or None
+                              if self.metrics.enabled else None)
             if is_root and self.args.log_interval and (number + 1) % self.args.log_interval == 0:
                 now = time.time()
                 logger.info("%s", self.log_format.batch(

@@ -227,23 +227,20 @@ def exit_code(module, argv, capsys, train=False):
 
 
 def run_kvstore_group(command, timeout):
-    """Run ``command`` as 2 workers of a KVStore group with 1 server on this machine.
+    """Run ``command`` as 2 workers of a KVStore group with 1 server on this machine; every
+    process of the group is killed at the end (``tests/processes.py``).
 
     Returns
     -------
     (int, str)
         The group's exit code and its prefixed output.
     """
-    import io
+    if os.path.join(ROOT, "tests") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import processes
 
-    from gluon_elastic.launch import Group
-
-    output = io.StringIO()
-    group = Group(command, num_workers=2, num_servers=1, output=output,
-                  env={"OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT})
-    group.start()
-    code = group.wait(timeout=timeout)
-    return code, output.getvalue()
+    return processes.run_kvstore_group(command, 2, 1, timeout,
+                                       env_extra={"OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT})
 
 
 def run_horovod_elastic(work_dir, recipe_argv, schedule, np_start, min_np, max_np, timeout=200):

@@ -30,8 +30,10 @@ from gluon_elastic.metrics import read_records  # noqa: E402
 
 ROOT = recipe_data.ROOT
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 # pylint: disable-next=wrong-import-position
+from discovery import read_progress  # noqa: E402
 from processes import (kill_processes_with_token, loopback_hosts,  # noqa: E402
                        processes_with_token, run_elastic_horovodrun)
 
@@ -42,19 +44,11 @@ TOKEN_VAR = "GLUON_ELASTIC_RECIPE_RESTART_TEST_TOKEN"
 NUM_TRAIN, LOCAL_BATCH, EPOCHS = 48, 2, 2
 
 
-def _read_progress(path):
-    try:
-        with open(path) as fin:
-            return int(fin.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
 def _kill_one_worker_at(progress_file, threshold, token, done, killed, marker=b"DMLC_ROLE=worker"):
     """SIGKILL one worker process of the job (its environment holds ``marker``) once rank 0 has
     trained ``threshold`` samples."""
     while not done.is_set():
-        if _read_progress(progress_file) >= threshold:
+        if read_progress(progress_file) >= threshold:
             workers = []
             for pid in processes_with_token(TOKEN_VAR, token):
                 try:
