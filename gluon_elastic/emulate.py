@@ -13,6 +13,8 @@ and saved, so only virtual worker 0 is allowed to update them (the others' updat
 """
 from mxnet import autograd
 
+from .optimizers import sum_of_squares
+
 __all__ = ["EmulatedWorkers"]
 
 
@@ -69,10 +71,11 @@ class EmulatedWorkers:
             loss.backward()
             losses.append(loss)
             if previous is not None and batch_sizes[rank] > 0:
-                own = sum(float(((g - p) ** 2).sum().asscalar()) for g, p in zip(grads, previous))
+                own = sum_of_squares([g - p for g, p in zip(grads, previous)])
                 noise_sum += own / batch_sizes[rank]
                 noise_workers += 1
-                previous = [g.copy() for g in grads]
+                for grad, copy in zip(grads, previous):
+                    grad.copyto(copy)
             if rank == 0 and len(shards) > 1:
                 saved_aux = [[d.copy() for d in p.list_data()] for p in self._aux]
         if saved_aux is not None:

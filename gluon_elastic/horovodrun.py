@@ -69,14 +69,13 @@ from horovod.runner.elastic.worker import HostUpdateResult
 from .flags import positive_int
 from .launch import (RestartBudget, add_restart_args, format_plan, process_plan,
                      processes_with_env, run_forwarding_signals)
-from .restart import ENV
+from .restart import ENV, NEXT_ASSIGNMENT_SCOPE
 
 __all__ = ["NEXT_ASSIGNMENT_SCOPE", "EXIT_NO_SURVIVOR", "ElasticDriver", "rendezvous_handler",
            "run_driver", "Supervisor", "driver_command", "processes_with_env",
            "local_host_names", "main"]
 
 # Rendezvous-store scope of the non-registering question (GET /next_assignment/<host>:<slot>).
-NEXT_ASSIGNMENT_SCOPE = "next_assignment"
 # Driver exit code: the next world would hold no worker of the previous one (EX_TEMPFAIL).
 EXIT_NO_SURVIVOR = 75
 # Seconds the workers of a world without survivor get to leave before the driver stops.

@@ -36,6 +36,7 @@ import numpy as np
 from . import kernels
 
 __all__ = ["ElasticSGD", "ElasticNAG", "elastic_optimizer", "portable_copy", "scale_arrays",
+           "sum_of_squares",
            "V_FORM_OPTIMIZERS"]
 
 # Largest number of arrays one multi-tensor kernel (multi_sgd_update) takes in MXNet 1.9.1.
@@ -69,6 +70,15 @@ def _multi_axpy(targets, sources, coefficients):
         mx.nd.multi_sgd_update(*arrays, lrs=tuple(coefficients[begin:end]),
                                wds=(0.0,) * count, rescale_grad=1.0, num_weights=count,
                                out=[target for target, _ in chunk])
+
+
+def sum_of_squares(arrays):
+    """``sum |a|^2`` over ``arrays`` as a Python float: multi-tensor kernels, one read at the end."""
+    total = []
+    for begin in range(0, len(arrays), _MULTI_TENSOR_LIMIT):
+        chunk = [a.astype("float32", copy=False) for a in arrays[begin:begin + _MULTI_TENSOR_LIMIT]]
+        total.append(mx.nd.multi_sum_sq(*chunk, num_arrays=len(chunk)).sum())
+    return float(mx.nd.add_n(*total).asscalar()) if total else 0.0
 
 
 def scale_arrays(arrays, factor):

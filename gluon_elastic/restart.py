@@ -53,6 +53,10 @@ STOPPED_MARKER = "@gluon_elastic:stopped"
 SAVE_REQUEST = b"save"
 ORPHAN_EXIT_CODE = 70
 
+# Rendezvous scope in which gluon_elastic.horovodrun's driver answers a worker's "does my slot
+# have a rank in the next world?" without registering it (gluon_elastic.run asks it).
+NEXT_ASSIGNMENT_SCOPE = "next_assignment"
+
 # The environment the supervisor sets for every worker.
 ENV = {
     "supervised": "GLUON_ELASTIC_SUPERVISED",        # "1" under the supervisor

@@ -80,8 +80,7 @@ import urllib.request
 import mxnet as mx
 
 from .checkpoint import CheckpointManager
-from .horovodrun import NEXT_ASSIGNMENT_SCOPE
-from .restart import ENV
+from .restart import ENV, NEXT_ASSIGNMENT_SCOPE
 from .state import HOSTS_REMOVED
 
 __all__ = ["run", "HorovodInternalError", "HostsUpdatedInterrupt", "is_horovod_error",

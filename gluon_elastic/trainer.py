@@ -39,7 +39,7 @@ from mxnet import gluon
 
 from . import backends as _backends
 from .optimizers import (V_FORM_OPTIMIZERS, ElasticNAG, ElasticSGD, elastic_optimizer,
-                         portable_copy, scale_arrays)
+                         portable_copy, scale_arrays, sum_of_squares)
 from .policy import AdaScale, BatchPolicy, Transition, lr_scale, SCALING_RULES
 from .schedule import Schedule
 
@@ -513,6 +513,8 @@ class ElasticTrainer(gluon.Trainer):
             raise ValueError("AdaScale with %d emulated workers needs worker_noise=(sum of "
                              "|G_i|^2 / b_i, workers) from EmulatedWorkers.forward_backward("
                              "..., batch_sizes=...)" % self.world_size)
+        if self.world_size == 1:
+            return None  # one worker cannot tell noise from signal: nothing to measure
         local_batch_size = self.local_batch_size if batch_size is None else batch_size
         if local_batch_size == 0:
             return np.zeros(2)
@@ -522,9 +524,11 @@ class ElasticTrainer(gluon.Trainer):
         """AdaScale: one scalar reduction, then this step's estimates into the smoothed gain."""
         if local_noise is None:
             return
-        if self.world_size > 1 and not isinstance(self._backend, _backends.LocalBackend):
-            local_noise = self._backend.sum_over_workers(local_noise)
+        # Emulated workers' noise is already the sum (LocalBackend returns it as it is).
+        local_noise = self._backend.sum_over_workers(local_noise)
         worker_sqnorm_sum, workers = float(local_noise[0]), int(round(local_noise[1]))
+        if workers < 2:
+            return  # no estimate from one worker with samples: skip the reduced norm's read
         # After the reduction the gradients hold the sum over workers, or their mean.
         reduced_sqnorm = _squared_norm(self._params, per_device=False) * self._reduced_over() ** 2
         self._sync_world()
@@ -774,11 +778,5 @@ def _squared_norm(params, per_device=True):
             grads.append(mx.nd.add_n(*[g.as_in_context(copies[0].context) for g in copies]))
         else:
             grads.append(copies[0])
-    total = 0.0
-    for begin in range(0, len(grads), 60):   # multi_sum_sq takes up to 60 arrays
-        chunk = grads[begin:begin + 60]
-        sums = mx.nd.multi_sum_sq(*[g.astype("float32", copy=False) for g in chunk],
-                                  num_arrays=len(chunk))
-        total += float(sums.asnumpy().astype(np.float64).sum())
-    return total
+    return sum_of_squares(grads)
 
