@@ -282,7 +282,7 @@ class MetricsWriter:
         self._rate_tic, self._rate_samples = now, 0
         self.record("step", time=now, iteration=trainer.iteration, epoch=epoch,
                     world_size=trainer.world_size, global_batch_size=global_batch_size,
-                    lr=float(trainer.optimizer.lr), loss=float(loss),
+                    lr=float(trainer.last_lr), loss=float(loss),
                     metric={name: float(value) for name, value in (metric or {}).items()},
                     samples_per_second=rate, progress=trainer.progress)
 

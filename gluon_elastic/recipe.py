@@ -386,8 +386,6 @@ class ElasticLoop:
             losses = self.workers.forward_backward(
                 lambda _rank, shard: self.loss_fn(self.net, shard), shards,
                 batch_sizes=shard_sizes if measure else None)
-            # The LR this step applies (optimizer.lr is not it during a step at LR 0).
-            step_lr = self.trainer.learning_rate
             self.trainer.step(global_batch_size=global_batch_size,
                               worker_noise=self.workers.worker_noise if measure else None)
             self.sampler.record(global_batch_size)
@@ -404,7 +402,7 @@ class ElasticLoop:
                 now = time.time()
                 logger.info("%s", self.log_format.batch(
                     epoch, number, batch_samples / max(now - batch_tic, 1e-9),
-                    step_lr, self.trainer.world_size,
+                    self.trainer.last_lr, self.trainer.world_size,
                     self.trainer.global_batch_size, loss_sum / max(loss_count, 1)))
                 batch_tic, batch_samples = now, 0
             if is_root and self.args.progress_file:

@@ -151,6 +151,8 @@ class ElasticTrainer(gluon.Trainer):
         # LR scale of the v-form momentum buffers (v = -buffer_lr * u): the LR of the last step
         # above 0. None until a step has run.
         self._buffer_lr = None
+        # The LR the last step applied (optimizer.lr holds the buffers' scale at a step at LR 0).
+        self.last_lr = None
         # (batch_size given, global batch) of an allreduce_grads() waiting for its update().
         self._reduced = None
         self._correct_momentum = (self._transition.momentum_correction
@@ -376,6 +378,7 @@ class ElasticTrainer(gluon.Trainer):
         Returns the factor by which the momentum buffers must be multiplied before the update
         (``lr_t / lr_{t-1}``; 1 when the LR did not change).
         """
+        self.last_lr = lr
         if not self._correct_momentum:
             self._optimizer.lr = lr
             return 1.0

@@ -178,7 +178,7 @@ def train(args):
                     logger.info("Epoch[%d] Batch [%d] Speed: %.1f samples/sec loss=%.4f lr=%.5f "
                                 "world=%d global_batch=%d progress=%d/%d", state.epoch, batches,
                                 samples / (time.time() - tic), loss_sum / batches,
-                                trainer.optimizer.learning_rate, trainer.world_size,
+                                trainer.last_lr, trainer.world_size,
                                 global_batch_size, sampler.processed, sampler.num_samples)
                 if trainer.iteration % args.commit_interval == 0:
                     state.commit()
