@@ -135,13 +135,7 @@ def resolve_args(parser, args, kind, zoo_names, gpu_count):
                          "of that name" % (args.network, args.dataset, kind.upper()))
     if args.data_dir is None:
         args.data_dir = os.path.join(os.path.expanduser(args.dataset_root), args.dataset)
-    if args.local_batch_size is None:
-        args.local_batch_size = args.batch_size
-    elif args.local_batch_size != args.batch_size and \
-            args.batch_size != GLUONCV_DEFAULTS[kind]["batch_size"]:
-        parser.error("--local-batch-size %d (per worker) contradicts --batch-size %d (per "
-                     "process); give one of them, or values that agree"
-                     % (args.local_batch_size, args.batch_size))
+    gluoncv_flags.resolve_local_batch_size(parser, args, num_devices=1)
     gpus = [item for item in args.gpus.split(",") if item.strip()]
     try:
         gpu_ids = [int(item) for item in gpus]

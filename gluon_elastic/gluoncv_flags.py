@@ -72,9 +72,17 @@ def add_device_batch_args(parser, batch_size=32):
     return group
 
 
-def resolve_local_batch_size(parser, args):
-    """Set ``args.local_batch_size`` by the module's batch-size rule; exit 2 on a contradiction."""
-    num_devices = max(1, getattr(args, "num_gpus", 0) or 0)
+def resolve_local_batch_size(parser, args, num_devices=None):
+    """Set ``args.local_batch_size`` by the module's batch-size rule; exit 2 on a contradiction.
+
+    Parameters
+    ----------
+    num_devices : int, optional
+        Devices the ``--batch-size`` counts per process: default ``--num-gpus`` (at least 1);
+        GluonCV's detection and segmentation scripts give the batch per process (1).
+    """
+    if num_devices is None:
+        num_devices = max(1, getattr(args, "num_gpus", 0) or 0)
     from_devices = args.batch_size * num_devices
     if args.local_batch_size is None:
         args.local_batch_size = from_devices

@@ -107,12 +107,7 @@ def resolve_args(parser, args, gpu_count):
             parser.error("--kvstore %s: use device, local, dist_sync or dist_device_sync (or "
                          "--backend horovod)" % args.kvstore)
         args.backend = args.kvstore
-    if args.local_batch_size is None:
-        args.local_batch_size = args.batch_size
-    elif args.local_batch_size != args.batch_size and args.batch_size != 16:
-        parser.error("--local-batch-size %d (per worker) contradicts --batch-size %d (per "
-                     "process); give one of them, or values that agree"
-                     % (args.local_batch_size, args.batch_size))
+    gluoncv_flags.resolve_local_batch_size(parser, args, num_devices=1)
     ngpus = gpu_count if args.ngpus is None else args.ngpus
     if args.no_cuda:
         ngpus = 0
