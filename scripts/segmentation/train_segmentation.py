@@ -104,16 +104,7 @@ def parse_args(argv=None):
     if args.crop_size % 8:
         parser.error("--crop-size must be a multiple of 8 (the backbone's output stride), got %d"
                      % args.crop_size)
-    if args.data_dir is None:
-        args.data_dir = os.path.expanduser("~/.mxnet/datasets/" +
-                                           ("voc" if args.dataset == "voc" else "ade"))
-    if not args.synthetic:
-        if not os.path.isdir(args.data_dir):
-            parser.error("--data-dir %s does not exist (or pass --synthetic)" % args.data_dir)
-        missing = [path for path in _layout_files(args) if not os.path.exists(path)]
-        if missing:
-            parser.error("--data-dir %s is not a %s layout: missing %s"
-                         % (args.data_dir, args.dataset, ", ".join(missing)))
+    _check_data_dir(parser, args)
     args.parser = parser
     return args
 
@@ -264,6 +255,13 @@ def parse_gluoncv_args(argv=None):
     args = parser.parse_args(argv)
     args.parser = parser
     gluoncv_segmentation.resolve_args(parser, args, mx.context.num_gpus())
+    _check_data_dir(parser, args)
+    return args
+
+
+def _check_data_dir(parser, args):
+    """Default ``--data-dir`` to GluonCV's folder of the data set; exit 2 unless it holds the
+    data set's layout (or ``--synthetic``)."""
     if args.data_dir is None:
         args.data_dir = os.path.expanduser("~/.mxnet/datasets/" +
                                            ("voc" if args.dataset == "voc" else "ade"))
@@ -274,7 +272,6 @@ def parse_gluoncv_args(argv=None):
         if missing:
             parser.error("--data-dir %s is not a %s layout: missing %s"
                          % (args.data_dir, args.dataset, ", ".join(missing)))
-    return args
 
 
 def build_gluoncv_model(args, ctx):
