@@ -210,8 +210,9 @@ def test_horovod_launcher_resizes_2_3_1_with_a_kill_between(tmp_path):
     assert code == 0, output[-5000:]
     assert killed, "no worker was killed: " + output[-3000:]
     records = check_committed_work(ckpt, metrics_file, final_world=1)
-    # The world of 3 lost its third worker: a reset left it (as a failed collective, or as a
-    # membership change when the driver saw the death first).
+    # The world of 3 lost its third worker: a reset left it for a smaller world (2, or already
+    # 1 when the schedule's last change reached the driver in the same round), as a failed
+    # collective or as a membership change when the driver saw the death first.
     resets = [(r["world_size_from"], r["world_size"]) for r in records
               if r["kind"] == "event" and r["event"] == "reset"]
-    assert (3, 2) in resets, resets
+    assert any(old == 3 and new < 3 for old, new in resets), resets
