@@ -114,6 +114,9 @@ METHOD_LABELS = {
     "adascale_immediate": "AdaScale (gain at the new scale at once)",
 }
 DYNAMIC = ("dynamic_T8", "dynamic_T8k", "dynamic_auto")
+# The study's rows; ``adascale_immediate`` belongs to the separate AdaScale comparison (README
+# "AdaScale: ramp the scale or not"), asked for with --methods.
+STUDY_METHODS = tuple(m for m in METHODS if m != "adascale_immediate")
 RUN_ORDER = ("immediate", "immediate_nocorr", "dynamic_T8k", "dynamic_auto", "adascale",
              "adascale_immediate", "dynamic_T8", "static_small", "fixed_global", "static_large",
              "static_large_sqrt")
@@ -159,7 +162,8 @@ def parse_args(argv=None):
                         help="folder with Fashion-MNIST's four IDX files (default: %(default)s, "
                              "where Debian's " + DATA_PACKAGE + " installs them)")
     parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES))
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(STUDY_METHODS),
+                        help="methods to train (default: the study's %d)" % len(STUDY_METHODS))
     parser.add_argument("--seeds", type=int, default=None,
                         help="seeds per cell (default: by scale)")
     parser.add_argument("--train-samples", type=int, default=None,
