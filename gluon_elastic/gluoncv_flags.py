@@ -8,9 +8,11 @@ GluonCV's ``--batch-size`` is per device and a process trains ``--batch-size x m
 samples per step; the elastic flag ``--local-batch-size`` is per process (per worker). The recipes
 take either: the per-worker batch is ``--local-batch-size`` when it is given, else
 ``--batch-size x max(1, --num-gpus)``. Both given and different is a contradiction (exit 2); both
-given and equal is accepted. ``--lr`` is GluonCV's LR of one process at that batch, which is the
-elastic LR at the base batch of a world of one (``--base-batch-size``, default: the starting
-world's global batch).
+given and equal is accepted. "Given" means typed on the command line: ``--batch-size`` parses to
+None when it is absent and takes GluonCV's default afterwards (:func:`add_batch_size_arg`), so
+GluonCV's default typed out (``--batch-size 32 --local-batch-size 8``) is a contradiction too.
+``--lr`` is GluonCV's LR of one process at that batch, which is the elastic LR at the base batch of
+a world of one (``--base-batch-size``, default: the starting world's global batch).
 
 Each check here names the flag at fault. Imports no MXNet.
 """
@@ -23,7 +25,8 @@ import numpy as np
 
 from . import flags as _flags
 
-__all__ = ["bounded_float", "unit_interval", "crop_ratio", "add_device_batch_args",
+__all__ = ["bounded_float", "unit_interval", "crop_ratio", "add_batch_size_arg",
+           "add_device_batch_args",
            "resolve_local_batch_size", "check_output_paths", "read_record_labels",
            "check_record_pair", "check_labels", "refuse_download", "RECORD_MAGIC"]
 
@@ -54,21 +57,29 @@ unit_interval = bounded_float(0.0, 1.0)
 crop_ratio = bounded_float(0.0, 1.0, low_inclusive=False, high_inclusive=True)
 
 
-def add_device_batch_args(parser, batch_size=32):
-    """Add GluonCV's ``--batch-size`` (per device) and, unless the parser has it, ``--num-gpus``.
+def add_batch_size_arg(parser, group, default, help):
+    """Add GluonCV's ``--batch-size`` to ``group`` with GluonCV's ``default`` stated in its help.
 
-    ``--local-batch-size`` of :func:`gluon_elastic.flags.add_elastic_args` is set to default to
-    None here, so :func:`resolve_local_batch_size` can tell whether it was given.
+    It parses to None when it is not on the command line, and so does ``--local-batch-size`` of
+    :func:`gluon_elastic.flags.add_elastic_args` here: :func:`resolve_local_batch_size` sees
+    which of the two were typed and fills in the defaults.
     """
+    action = group.add_argument("--batch-size", type=_flags.positive_int, default=None,
+                                help="%s (default: %d)" % (help, default))
+    action.gluoncv_default = default
+    parser.set_defaults(local_batch_size=None)
+    return action
+
+
+def add_device_batch_args(parser, batch_size=32):
+    """Add GluonCV's ``--batch-size`` (per device) and, unless the parser has it, ``--num-gpus``."""
     group = parser.add_argument_group("GluonCV devices and batch")
-    group.add_argument("--batch-size", type=_flags.positive_int, default=batch_size,
-                       help="training batch size per device (CPU/GPU); the per-worker batch is "
-                            "this times max(1, --num-gpus) unless --local-batch-size is given "
-                            "(default: %(default)s)")
+    add_batch_size_arg(parser, group, batch_size,
+                       "training batch size per device (CPU/GPU); the per-worker batch is this "
+                       "times max(1, --num-gpus) unless --local-batch-size is given")
     if "--num-gpus" not in parser._option_string_actions:
         group.add_argument("--num-gpus", type=_flags.non_negative_int, default=0,
                            help="number of GPUs this process uses; 0: CPU (default: %(default)s)")
-    parser.set_defaults(local_batch_size=None)
     return group
 
 
@@ -83,20 +94,17 @@ def resolve_local_batch_size(parser, args, num_devices=None):
     """
     if num_devices is None:
         num_devices = max(1, getattr(args, "num_gpus", 0) or 0)
+    batch_size_given = args.batch_size is not None
+    if not batch_size_given:
+        args.batch_size = parser._option_string_actions["--batch-size"].gluoncv_default
     from_devices = args.batch_size * num_devices
     if args.local_batch_size is None:
         args.local_batch_size = from_devices
-    elif args.local_batch_size != from_devices and _given(parser, args, "batch_size"):
+    elif args.local_batch_size != from_devices and batch_size_given:
         parser.error("--local-batch-size %d (per worker) contradicts --batch-size %d per device x "
                      "%d device(s) = %d; give one of them, or values that agree"
                      % (args.local_batch_size, args.batch_size, num_devices, from_devices))
     return args.local_batch_size
-
-
-def _given(parser, args, dest):
-    # argparse keeps no record of what was typed: a value other than the default counts as given,
-    # and so does the default typed out (the same number either way).
-    return getattr(args, dest) != parser.get_default(dest)
 
 
 def check_output_paths(parser, directories=(), files=()):

@@ -40,8 +40,7 @@ def add_gluoncv_args(parser):
     group.add_argument("--aux", action="store_true", help="auxiliary FCN head and loss")
     group.add_argument("--start_epoch", type=_flags.non_negative_int, default=0,
                        help="epoch to start from (default: %(default)s)")
-    group.add_argument("--batch-size", type=_flags.positive_int, default=16,
-                       help="batch of one process (default: %(default)s)")
+    gluoncv_flags.add_batch_size_arg(parser, group, 16, "batch of one process")
     group.add_argument("--test-batch-size", type=_flags.positive_int, default=16,
                        help="validation batch of one process (default: %(default)s)")
     group.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
@@ -72,7 +71,7 @@ def add_gluoncv_args(parser):
                             "process here: no effect)")
     parser.set_defaults(model="fcn", dataset="pascal", aux=False, epochs=50, lr=0.001,
                         momentum=0.9, wd=0.0001, log_interval=20, warmup_lr=0.0, lr_mode="poly",
-                        lr_power=0.9, num_data_workers=16, local_batch_size=None)
+                        lr_power=0.9, num_data_workers=16)
     return group
 
 

@@ -135,7 +135,7 @@ class GluonCVClassificationLog(RecipeLog):
 
 
 class GluonCVDetectionLog(RecipeLog):
-    """GluonCV's SSD / YOLOv3 lines with world, global batch (and LR) appended.
+    """GluonCV's SSD / YOLOv3 / Faster R-CNN lines with world, global batch (and LR) appended.
 
     Parameters
     ----------
@@ -144,10 +144,17 @@ class GluonCVDetectionLog(RecipeLog):
         of each epoch.
     show_lr : bool
         Print ``LR: %.2E`` after the batch index (YOLOv3's line) rather than ``lr=`` at the end.
+    extra_metrics : list of mxnet.metric.EvalMetric, optional
+        Printed after the losses in the batch lines only, never reset (Faster R-CNN's accuracy
+        metrics, as its script keeps them).
+    separator : str
+        Between ``name=value`` fields: ``', '`` as SSD and YOLOv3 print them, ``','`` as Faster
+        R-CNN does.
     """
 
-    def __init__(self, loss_metrics, show_lr=False):
+    def __init__(self, loss_metrics, show_lr=False, extra_metrics=(), separator=", "):
         self.loss_metrics, self.show_lr = loss_metrics, show_lr
+        self.extra_metrics, self.separator = list(extra_metrics), separator
         self._epoch_start = time.time()
 
     def start_epoch(self, epoch):
@@ -164,20 +171,21 @@ class GluonCVDetectionLog(RecipeLog):
             values[name] = value if value == value else 0.0
         return values
 
-    def _losses(self):
+    def _losses(self, metrics=None):
         pairs = []
-        for metric in self.loss_metrics:
+        for metric in self.loss_metrics if metrics is None else metrics:
             name, value = metric.get()
             pairs.append("%s=%.3f" % (name, value if value == value else 0.0))
-        return ", ".join(pairs)
+        return self.separator.join(pairs)
 
     def batch(self, epoch, step_index, speed, lr, world_size, global_batch_size, loss):
         head = "[Epoch %d][Batch %d], " % (epoch, step_index)
+        fields = self._losses(self.loss_metrics + self.extra_metrics)
         if self.show_lr:
             return head + "LR: %.2E, Speed: %.3f samples/sec, %s, world=%d, global_batch=%d" % (
-                lr, speed, self._losses(), world_size, global_batch_size)
+                lr, speed, fields, world_size, global_batch_size)
         return head + "Speed: %.3f samples/sec, %s, world=%d, global_batch=%d, lr=%f" % (
-            speed, self._losses(), world_size, global_batch_size, lr)
+            speed, fields, world_size, global_batch_size, lr)
 
     def training(self, epoch, loss, world_size, global_batch_size):
         """GluonCV's ``Training cost`` line: seconds since :meth:`start_epoch`, epoch losses."""

@@ -48,6 +48,7 @@ from gluon_elastic import flags, gluoncv_flags, recipe
 from gluon_elastic.progress import progress
 
 _DETECTOR_NAME = re.compile(r"^(ssd|yolo3)_.*_(voc|coco|custom)$")
+_FASTER_RCNN_NAME = re.compile(r"^faster_rcnn_.*_(voc|coco)$")
 MEAN_RGB = (0.485, 0.456, 0.406)
 STD_RGB = (0.229, 0.224, 0.225)
 
@@ -57,6 +58,18 @@ def model_names():
     from gluoncv import model_zoo
 
     return [name for name in model_zoo.get_model_list() if _DETECTOR_NAME.match(name)]
+
+
+def faster_rcnn_names():
+    """Faster R-CNN models of the GluonCV model zoo (VOC and COCO) that ``train_faster_rcnn.py``
+    trains, and the ``custom-model`` names of each base network."""
+    from gluoncv import model_zoo
+
+    from gluon_elastic.gluoncv_detection import FASTER_RCNN_NETWORKS
+
+    zoo = [name for name in model_zoo.get_model_list() if _FASTER_RCNN_NAME.match(name)]
+    return zoo + ["custom_faster_rcnn_fpn_%s_%s" % (network, dataset)
+                  for network in FASTER_RCNN_NETWORKS for dataset in ("voc", "coco")]
 
 
 def default_data_shape(model):
@@ -105,19 +118,24 @@ def _split_dirs(args):
             for split in args.train_splits + args.val_splits]
 
 
-def parse_args(argv=None, parser=None, resolve=None):
+def parse_args(argv=None, parser=None, resolve=None, models=None):
     """Parse and validate everything that can be checked before the data is opened.
 
     ``parser`` (default :func:`build_parser`) and ``resolve(parser, args)``, called right after
-    parsing, let GluonCV's command lines (``train_ssd.py``, ``train_yolo3.py``) come in.
+    parsing, let GluonCV's command lines (``train_ssd.py``, ``train_yolo3.py``,
+    ``train_faster_rcnn.py``) come in; ``models`` are the model names they train (default:
+    :func:`model_names`).
     """
     parser = parser or build_parser()
     args = parser.parse_args(argv)
     if resolve is not None:
         resolve(parser, args)
-    if args.model not in model_names():
-        parser.error("--model %r is not an SSD or YOLOv3 model of the GluonCV model zoo; valid: %s"
-                     % (args.model, ", ".join(model_names())))
+    models = model_names() if models is None else models
+    if args.model not in models:
+        hint = (" (Faster R-CNN: train_faster_rcnn.py)" if args.model.startswith("faster_rcnn")
+                else "")
+        parser.error("--model %r is not a model this recipe trains%s; valid: %s"
+                     % (args.model, hint, ", ".join(models)))
     if args.data_shape is None:
         args.data_shape = default_data_shape(args.model)
     if args.data_shape < 32:
@@ -373,19 +391,82 @@ def train(args):
 
 # ------------------------------------------------------------------- GluonCV's command lines
 def parse_gluoncv_args(kind, argv=None):
-    """Parse GluonCV's ``train_ssd.py`` (``kind='ssd'``) or ``train_yolo3.py`` (``'yolo3'``)
-    command line into this recipe's arguments; exit 2 on bad input, before anything is written."""
+    """Parse GluonCV's ``train_ssd.py`` (``kind='ssd'``), ``train_yolo3.py`` (``'yolo3'``) or
+    ``train_faster_rcnn.py`` (``'faster_rcnn'``) command line into this recipe's arguments; exit 2
+    on bad input, before anything is written."""
     from gluon_elastic import gluoncv_detection
 
     parser = build_parser()
-    parser.description = "Elastic %s with GluonCV 0.10's %s flags." % (
-        "SSD" if kind == "ssd" else "YOLOv3", "train_ssd.py" if kind == "ssd" else "train_yolo3.py")
+    parser.description = "Elastic %s with GluonCV 0.10's train_%s.py flags." % (
+        {"ssd": "SSD", "yolo3": "YOLOv3", "faster_rcnn": "Faster R-CNN"}[kind], kind)
     gluoncv_detection.add_gluoncv_args(parser, kind)
-    zoo = [name for name in model_names() if name.startswith(kind + "_")]
+    models = faster_rcnn_names() if kind == "faster_rcnn" else model_names()
+    zoo = [name for name in models if name.startswith(kind + "_")]
     args = parse_args(argv, parser, lambda p, a: gluoncv_detection.resolve_args(
-        p, a, kind, zoo, mx.context.num_gpus()))
+        p, a, kind, zoo, mx.context.num_gpus()), models=models)
     args.gluoncv = kind
     return args
+
+
+def _faster_rcnn_loader(args, train_set, net, loss_fn):
+    """GluonCV's Faster R-CNN training data: ``FasterRCNNDefaultTrainTransform`` (resize by the
+    model's short side, flip, RPN targets from the model's anchors) and its batchify (images and
+    RPN targets padded to the largest image of the step), mixup of image pairs with ``--mixup``
+    but in the last ``--no-mixup-epochs`` (the loss then counts half, ``loss_fn.mix_ratio``)."""
+    from gluoncv.data.mixup.detection import MixupDetection
+    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultTrainTransform
+
+    from gluon_elastic import gluoncv_detection
+
+    dataset = MixupDetection(train_set) if args.mixup else train_set
+    transform = FasterRCNNDefaultTrainTransform(net.short, net.max_size, net, ashape=net.ashape,
+                                                multi_stage=args.use_fpn)
+    batchify = gluoncv_detection.FasterRCNNBatchify(net)
+
+    def make_loader(batch_indices, epoch):
+        if args.mixup:
+            late = epoch >= args.epochs - args.no_mixup_epochs
+            dataset.set_mixup(None if late else np.random.uniform, *(() if late else (0.5, 0.5)))
+            loss_fn.mix_ratio = 1.0 if late else 0.5
+        return gluon.data.DataLoader(dataset.transform(transform), batch_sampler=batch_indices,
+                                     batchify_fn=batchify, num_workers=args.num_data_workers)
+    return make_loader
+
+
+def make_faster_rcnn_evaluate_fn(args, val_set, ctx, net):
+    """``evaluate(net, indices)`` for Faster R-CNN as GluonCV validates it: one image at a time
+    through ``FasterRCNNDefaultValTransform``, detections clipped to the image, detections and
+    ground truth scaled back to the original resolution."""
+    from gluoncv.data.batchify import Append, Tuple
+    from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultValTransform
+    from gluoncv.nn.bbox import BBoxClipToImage
+
+    short = net.short[-1] if isinstance(net.short, (tuple, list)) else net.short
+    dataset = val_set.transform(FasterRCNNDefaultValTransform(short, net.max_size))
+    clipper = BBoxClipToImage()
+
+    def evaluate(net, indices):
+        if not args.disable_hybridization:
+            # Inference takes one input where training takes three: a graph of its own.
+            net.hybridize(static_alloc=args.static_alloc)
+        loader = gluon.data.DataLoader(dataset, batch_sampler=[[int(i)] for i in indices],
+                                       batchify_fn=Tuple(Append(), Append(), Append()),
+                                       num_workers=args.num_data_workers)
+        records = []
+        for (image,), (label,), (scale,) in progress(loader, total=len(indices),
+                                                     desc="validation"):
+            image = image.as_in_context(ctx)
+            ids, scores, bboxes = net(image)
+            scale = float(scale.reshape((-1,)).asscalar())
+            bboxes = clipper(bboxes, image) * scale
+            label = label.asnumpy()
+            difficult = label[:, :, 5:6] if label.shape[-1] > 5 else None
+            records.append((bboxes.asnumpy(), ids.asnumpy(), scores.asnumpy(),
+                            label[:, :, :4] * scale, label[:, :, 4:5], difficult))
+        if not args.disable_hybridization:
+            net.hybridize(static_alloc=args.static_alloc)
+        return records
+    return evaluate
 
 
 def _yolo_loader(args, train_set, net):
@@ -420,7 +501,8 @@ def _yolo_loader(args, train_set, net):
 
 def train_gluoncv(args):
     """Train from :func:`parse_gluoncv_args`: GluonCV's losses in its log lines, its validation
-    interval, its ``--save-prefix`` files and ``--resume``/``--start-epoch``."""
+    interval, its ``--save-prefix`` files and ``--resume``/``--start-epoch``; Faster R-CNN with
+    only GluonCV's trainable parameters (``collect_train_params``) taking gradients."""
     import logging
 
     from gluon_elastic import gluoncv_detection
@@ -434,7 +516,13 @@ def train_gluoncv(args):
                         else num_train_samples)
     backend, ctx = recipe.prepare(args.parser, args, num_train_samples)
     classes = tuple(train_set.classes)
-    net = build_model(args, classes, ctx)
+    if kind == "faster_rcnn":
+        net = gluoncv_detection.build_faster_rcnn(args, classes, ctx)
+        # GluonCV's --lr-warmup counts iterations of epoch 0: samples of the starting world.
+        args.warmup_epochs = (max(args.lr_warmup, 0) * args.local_batch_size * backend.world_size
+                              / num_train_samples)
+    else:
+        net = build_model(args, classes, ctx)
     if args.resume:
         try:
             net.load_parameters(args.resume.strip(), ctx=ctx)
@@ -448,9 +536,19 @@ def train_gluoncv(args):
         if args.label_smooth:
             net._target_generator._label_smooth = True  # pylint: disable=protected-access
         make_loader = _yolo_loader(args, train_set, net)
-    else:
+    elif kind == "ssd":
         make_loader = make_train_loader(args, train_set, net)
-    net.hybridize()
+    rho = ({"rpn_smoothl1_rho": args.rpn_smoothl1_rho, "rcnn_smoothl1_rho": args.rcnn_smoothl1_rho}
+           if kind == "faster_rcnn" else {})
+    loss_fn = gluoncv_detection.DetectionLoss(kind, ctx, **rho)
+    if kind == "faster_rcnn":
+        make_loader = _faster_rcnn_loader(args, train_set, net, loss_fn)
+        evaluate_all = make_faster_rcnn_evaluate_fn(args, val_set, ctx, net)
+        if not args.disable_hybridization:
+            net.hybridize(static_alloc=args.static_alloc)
+    else:
+        evaluate_all = make_evaluate_fn(args, val_set, ctx)
+        net.hybridize()
     schedule = recipe.build_schedule(args.parser, args, schedule_samples)
     # Everything is checked: from here on files are written.
     handler = None
@@ -461,22 +559,26 @@ def train_gluoncv(args):
         logging.getLogger("gluon_elastic").addHandler(handler)
         recipe.logger.info("%s", argparse.Namespace(**{k: v for k, v in vars(args).items()
                                                        if k != "parser"}))
+        if getattr(args, "verbose", False):
+            recipe.logger.info("Trainable parameters:")
+            recipe.logger.info("%s", net.collect_train_params().keys())
         recipe.logger.info("Start training from [Epoch %d]", args.start_epoch)
     try:
-        loss_fn = gluoncv_detection.DetectionLoss(kind, ctx)
         current = {"epoch": 0}
+        # Faster R-CNN's script counts its validation and saving intervals from epoch 1.
+        from_one = kind == "faster_rcnn"
 
         def loader(batch_indices, epoch):
             current["epoch"] = epoch
             return make_loader(batch_indices, epoch)
 
-        evaluate_all = make_evaluate_fn(args, val_set, ctx)
-
         def evaluate(net, indices):
-            # GluonCV validates every --val-interval epochs and at every saving epoch.
+            # GluonCV validates every --val-interval epochs, SSD and YOLOv3 also at every saving
+            # epoch.
             epoch = current["epoch"]
-            if epoch % args.val_interval and not (args.save_interval and
-                                                  epoch % args.save_interval == 0):
+            if not (gluoncv_detection.interval_due(epoch, args.val_interval, from_one) or
+                    not from_one and gluoncv_detection.interval_due(epoch, args.save_interval,
+                                                                    from_one)):
                 return None
             return evaluate_all(net, indices)
 
@@ -486,7 +588,8 @@ def train_gluoncv(args):
             statistics = [s for s in statistics if s is not None]
             return reduce_all(statistics) if statistics else {}
 
-        outputs = gluoncv_detection.GluonCVDetectionOutputs(args.save_prefix, args.save_interval)
+        outputs = gluoncv_detection.GluonCVDetectionOutputs(args.save_prefix, args.save_interval,
+                                                            count_from_one=from_one)
 
         def on_start(trainer, sampler, resumed):
             if resumed or not args.start_epoch:
@@ -502,8 +605,10 @@ def train_gluoncv(args):
         return recipe.fit(args, backend, ctx, net, "sgd", optimizer_params, schedule,
                           num_train_samples, loader, loss_fn, evaluate, reduce,
                           len(val_set), args.model,
-                          log_format=GluonCVDetectionLog(loss_fn.metrics,
-                                                         show_lr=kind == "yolo3"),
+                          log_format=GluonCVDetectionLog(
+                              loss_fn.metrics, show_lr=kind == "yolo3",
+                              extra_metrics=loss_fn.extra_metrics,
+                              separator="," if kind == "faster_rcnn" else ", "),
                           on_epoch_end=outputs.on_epoch_end, on_start=on_start)
     finally:
         if handler is not None:

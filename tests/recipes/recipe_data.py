@@ -33,6 +33,13 @@ def load_recipe(relative_path):
     return module
 
 
+def gluoncv_default(parser, args, flag, dest):
+    """The default of GluonCV's ``flag``: its parsed value, or for a flag that parses to None
+    until the recipe resolves it (``--batch-size``, so that typing the default counts as given)
+    the default its help states."""
+    return getattr(parser._option_string_actions[flag], "gluoncv_default", getattr(args, dest))
+
+
 def _image(rng, size, label):
     base = np.array(PALETTE[label % len(PALETTE)], dtype=np.float64)
     noise = rng.normal(0, 25, size=(size, size, 3))

@@ -94,7 +94,7 @@ def test_every_gluoncv_flag_with_gluoncvs_default():
     args = parser.parse_args(["--model", "resnet50_v1b"])
     for flag, (dest, default) in GLUONCV_DEFAULTS.items():
         assert parser._option_string_actions[flag].dest == dest, flag
-        assert getattr(args, dest) == default, flag
+        assert recipe_data.gluoncv_default(parser, args, flag, dest) == default, flag
     # GluonCV's --label-smoothing is a switch with eta 0.1; a value is accepted too.
     assert parser.parse_args(["--model", "x", "--label-smoothing"]).label_smoothing == 0.1
     assert parser.parse_args(["--model", "x", "--label-smoothing", "0.2"]).label_smoothing == 0.2
@@ -196,6 +196,9 @@ BAD_INPUT = [
     (["--batch-size", "0"], "--batch-size"),
     (["--batch-size", "3", "--local-batch-size", "4"], "--local-batch-size 4 (per worker) "
                                                          "contradicts --batch-size 3"),
+    # GluonCV's default typed out is given too.
+    (["--batch-size", "32", "--local-batch-size", "8"], "--local-batch-size 8 (per worker) "
+                                                          "contradicts --batch-size 32"),
     (["--save-dir", "{file}"], "--save-dir"), (["--checkpoint-dir", "{file}"], "--checkpoint-dir"),
     (["--save-dir", "{file}/params"], "--save-dir"),
     (["--logging-file", "{dir}"], "--logging-file"),

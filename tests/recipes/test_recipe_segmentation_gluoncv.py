@@ -43,7 +43,7 @@ def test_every_gluoncv_flag_with_gluoncvs_default():
     args = parser.parse_args([])
     for flag, (dest, default) in GLUONCV_FLAGS.items():
         assert parser._option_string_actions[flag].dest == dest, flag
-        assert getattr(args, dest) == default, flag
+        assert recipe_data.gluoncv_default(parser, args, flag, dest) == default, flag
     # GluonCV's --ngpus defaults to every visible GPU; the LR schedule is its poly (power 0.9)
     # after a warmup from 0.
     assert (args.lr_mode, args.lr_power, args.warmup_lr) == ("poly", 0.9, 0.0)
@@ -94,6 +94,9 @@ BAD_INPUT = [
     (["--batch-size", "0"], "--batch-size"), (["--crop-size", "44"], "--crop-size 44"),
     (["--batch-size", "3", "--local-batch-size", "4"], "--local-batch-size 4 (per worker) "
                                                          "contradicts --batch-size 3"),
+    # GluonCV's default typed out is given too.
+    (["--batch-size", "16", "--local-batch-size", "8"], "--local-batch-size 8 (per worker) "
+                                                          "contradicts --batch-size 16"),
     (["--model", "icnet"], "--model icnet"), (["--backbone", "resnest50"], "--backbone"),
     (["--dataset", "citys"], "--dataset citys"), (["--pretrained"], "--pretrained needs"),
     (["--save-dir", "{file}"], "--save-dir"), (["--checkpoint-dir", "{file}"], "--checkpoint-dir"),
