@@ -23,10 +23,12 @@ generated images. Models: ResNet v1/v1b-v1s/v2, ResNeXt, SE-ResNet, MobileNet v1
 the GluonCV model zoo, trained from scratch (nothing is downloaded).
 """
 import argparse
+import contextlib
 import logging
 import math
 import os
 import pickle
+import random
 import re
 
 import mxnet as mx
@@ -42,9 +44,12 @@ from gluon_elastic.recipe_log import GluonCVClassificationLog
 _MODEL_FAMILIES = re.compile(
     r"^(resnet\d+_v(1|2|1b|1c|1d|1e|1s)|resnet\d+_v1b_gn|resnext\d+e?_\d+x\d+d|se_resnet\d+_v[12]|"
     r"mobilenet[\d.]+|mobilenetv2_[\d.]+|mobilenetv3_(large|small)|vgg\d+(_bn)?)$")
-# GluonCV's normalisation: RGB mean and standard deviation, in [0, 1] and in [0, 255].
+# GluonCV's normalisation: RGB mean and standard deviation in [0, 1] (its Gluon transforms), and
+# in [0, 255] as its get_data_rec hands them to ImageRecordIter (not 255 x the former).
 MEAN_RGB = (0.485, 0.456, 0.406)
 STD_RGB = (0.229, 0.224, 0.225)
+REC_MEAN_RGB = (123.68, 116.779, 103.939)
+REC_STD_RGB = (58.393, 57.12, 57.375)
 # GluonCV's colour augmentation strengths (not flags in GluonCV either).
 JITTER_PARAM, LIGHTING_PARAM = 0.4, 0.1
 
@@ -315,63 +320,83 @@ def load_data(args):
             FolderImages(os.path.join(args.data_dir, "val")))
 
 
-def _normalize(image):
-    tensor = mx.nd.image.to_tensor(image)
-    return mx.nd.image.normalize(tensor, mean=MEAN_RGB, std=STD_RGB)
+def gluoncv_train_transform(input_size):
+    """GluonCV's ``transform_train`` (``get_data_loader`` of its ``train_imagenet.py``):
+    random-resized crop, flip, colour jitter, PCA lighting noise, tensor, ImageNet normalisation."""
+    from mxnet.gluon.data.vision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop(input_size),
+        transforms.RandomFlipLeftRight(),
+        transforms.RandomColorJitter(brightness=JITTER_PARAM, contrast=JITTER_PARAM,
+                                     saturation=JITTER_PARAM),
+        transforms.RandomLighting(LIGHTING_PARAM),
+        transforms.ToTensor(),
+        transforms.Normalize(MEAN_RGB, STD_RGB)])
+
+
+def gluoncv_val_transform(input_size, crop_ratio):
+    """GluonCV's ``transform_test``: short side to ``ceil(input_size / crop_ratio)``, center crop
+    ``input_size``, tensor, ImageNet normalisation."""
+    from mxnet.gluon.data.vision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(int(math.ceil(input_size / crop_ratio)), keep_ratio=True),
+        transforms.CenterCrop(input_size),
+        transforms.ToTensor(),
+        transforms.Normalize(MEAN_RGB, STD_RGB)])
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Draw the random choices of GluonCV's transforms from ``seed``: Python's ``random`` (the
+    crop; its state is restored afterwards) and MXNet's CPU generator (flip, colour, lighting;
+    MXNet cannot save that state, so it is left seeded: random operators on the CPU after this
+    depend on the last sample loaded, which keeps a run reproducible)."""
+    state = random.getstate()
+    random.seed(seed)
+    mx.random.seed(seed, ctx=mx.cpu())
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 class TrainTransform(gluon.data.Dataset):
-    """Random-resized crop and horizontal flip, drawn as a pure function of (seed, epoch, index).
+    """GluonCV's training transform (:func:`gluoncv_train_transform`), its random choices a pure
+    function of (seed, epoch, index).
 
-    Whichever worker (real or virtual) loads a sample, it gets the same crop: the emulated world
-    and a real one see identical inputs.
+    Whichever worker (real or virtual) loads a sample, it gets the same augmentation: the
+    emulated world and a real one see identical inputs.
     """
 
     def __init__(self, dataset, input_size, seed, epoch):
-        self._dataset, self._size, self._seed, self._epoch = dataset, input_size, seed, epoch
+        self._dataset, self._seed, self._epoch = dataset, seed, epoch
+        self._transform = gluoncv_train_transform(input_size)
 
     def __len__(self):
         return len(self._dataset)
 
     def __getitem__(self, index):
         image, label = self._dataset[index]
-        rng = np.random.RandomState((self._seed * 7919 + self._epoch * 104729 + index) % (2 ** 32))
-        height, width = image.shape[:2]
-        area = height * width
-        crop = None
-        for _ in range(10):
-            target = area * rng.uniform(0.08, 1.0)
-            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-            crop_w = int(round(np.sqrt(target * ratio)))
-            crop_h = int(round(np.sqrt(target / ratio)))
-            if 0 < crop_w <= width and 0 < crop_h <= height:
-                crop = (rng.randint(0, width - crop_w + 1), rng.randint(0, height - crop_h + 1),
-                        crop_w, crop_h)
-                break
-        if crop is None:
-            side = min(height, width)
-            crop = ((width - side) // 2, (height - side) // 2, side, side)
-        image = mx.image.fixed_crop(image, *crop, size=(self._size, self._size))
-        if rng.rand() < 0.5:
-            image = mx.nd.flip(image, axis=1)
-        return _normalize(image), np.float32(label)
+        with seeded(int(self._seed * 7919 + self._epoch * 104729 + index) % (2 ** 32)):
+            image = self._transform(image)
+        return image, np.float32(label)
 
 
 class ValTransform(gluon.data.Dataset):
-    """Resize the short side to ``ceil(input_size / crop_ratio)``, center crop ``input_size``."""
+    """GluonCV's validation transform (:func:`gluoncv_val_transform`)."""
 
     def __init__(self, dataset, input_size, crop_ratio):
-        self._dataset, self._size = dataset, input_size
-        self._resize = int(math.ceil(input_size / crop_ratio))
+        self._dataset = dataset
+        self._transform = gluoncv_val_transform(input_size, crop_ratio)
 
     def __len__(self):
         return len(self._dataset)
 
     def __getitem__(self, index):
         image, label = self._dataset[index]
-        image = mx.image.resize_short(image, self._resize)
-        image, _ = mx.image.center_crop(image, (self._size, self._size))
-        return _normalize(image), np.float32(label)
+        return self._transform(image), np.float32(label)
 
 
 def make_train_loader(args, train_set):
@@ -381,6 +406,20 @@ def make_train_loader(args, train_set):
                                      batch_sampler=batch_indices,
                                      num_workers=args.num_data_workers)
     return make_loader
+
+
+def record_iter_kwargs(args):
+    """GluonCV's ``ImageRecordIter`` arguments of training (``get_data_rec``), but the file,
+    batch and shuffling, which the elastic parts set. ``preprocess_threads`` is at least 1 where
+    GluonCV passes ``-j`` as it is."""
+    return dict(preprocess_threads=max(1, args.num_data_workers),
+                data_shape=(3, args.input_size, args.input_size),
+                mean_r=REC_MEAN_RGB[0], mean_g=REC_MEAN_RGB[1], mean_b=REC_MEAN_RGB[2],
+                std_r=REC_STD_RGB[0], std_g=REC_STD_RGB[1], std_b=REC_STD_RGB[2],
+                rand_mirror=True, random_resized_crop=True, max_aspect_ratio=4. / 3.,
+                min_aspect_ratio=3. / 4., max_random_area=1, min_random_area=0.08,
+                brightness=JITTER_PARAM, saturation=JITTER_PARAM, contrast=JITTER_PARAM,
+                pca_noise=LIGHTING_PARAM)
 
 
 class RecordIterLoader:
@@ -415,19 +454,11 @@ class RecordIterLoader:
         world_size, rank = (1, 0) if emulated else (self.trainer.world_size, self.trainer.rank)
         local_batch_size = (self.trainer.global_batch_size if emulated
                             else self.trainer.local_batch_size)
-        mean = [255 * m for m in MEAN_RGB]
-        std = [255 * s for s in STD_RGB]
         # GluonCV's training pipeline of --use-rec, with a part per worker of the current world.
         source = ElasticRecordIter(
             args.rec_train, args.rec_train_idx, world_size, rank, local_batch_size, epoch=epoch,
             processed=0 if restart else self.sampler.processed, shuffle=True, seed=args.seed,
-            preprocess_threads=max(1, args.num_data_workers),
-            data_shape=(3, args.input_size, args.input_size),
-            mean_r=mean[0], mean_g=mean[1], mean_b=mean[2], std_r=std[0], std_g=std[1],
-            std_b=std[2], rand_mirror=True, random_resized_crop=True,
-            max_aspect_ratio=4.0 / 3.0, min_aspect_ratio=3.0 / 4.0, max_random_area=1,
-            min_random_area=0.08, brightness=JITTER_PARAM, saturation=JITTER_PARAM,
-            contrast=JITTER_PARAM, pca_noise=LIGHTING_PARAM)
+            **record_iter_kwargs(args))
         if restart and source.remaining == 0:
             raise ValueError("%s: part %d of %d holds no record; use fewer workers than records"
                              % (args.rec_train, rank, world_size))

@@ -1,6 +1,7 @@
 """GluonCV 0.10 command lines against the ImageNet recipe: every flag and default, the published
 ResNet-50 v1b command on tiny RecordIO files, the bad-input table, resume from files of
-gluon.Trainer, the model families, ImageRecordIter's elastic parts and corrupt records."""
+gluon.Trainer, the model families, GluonCV's augmentation, ImageRecordIter's elastic parts and
+corrupt records."""
 import os
 import subprocess
 import sys
@@ -339,6 +340,97 @@ def test_each_model_family_builds_and_takes_one_step():
         assert output_weight in moved, family
         assert trainer.iteration == 1
         assert loss_fn.metric.get()[0] == ("rmse" if "--mixup" in family else "accuracy")
+
+
+# ------------------------------------------------------------------------- augmentation
+def _gluoncv_transforms(input_size, crop_ratio):
+    """GluonCV 0.10's train_imagenet.py get_data_loader transforms, as its source writes them."""
+    from mxnet.gluon.data.vision import transforms
+
+    normalize = transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    jitter_param = 0.4
+    lighting_param = 0.1
+    resize = int(np.ceil(input_size / crop_ratio))
+    transform_train = transforms.Compose([
+        transforms.RandomResizedCrop(input_size),
+        transforms.RandomFlipLeftRight(),
+        transforms.RandomColorJitter(brightness=jitter_param, contrast=jitter_param,
+                                     saturation=jitter_param),
+        transforms.RandomLighting(lighting_param),
+        transforms.ToTensor(),
+        normalize
+    ])
+    transform_test = transforms.Compose([
+        transforms.Resize(resize, keep_ratio=True),
+        transforms.CenterCrop(input_size),
+        transforms.ToTensor(),
+        normalize
+    ])
+    return transform_train, transform_test
+
+
+def _steps(compose):
+    """Each step of a Compose, in order (Compose groups hybridizable steps in sequences): its type
+    and its settings (constructor arguments)."""
+    steps = []
+    for step in compose._children.values():
+        if isinstance(step, (gluon.nn.Sequential, gluon.nn.HybridSequential)):
+            steps.extend(_steps(step))
+        else:
+            # A list or a tuple of numbers: the same setting.
+            steps.append((type(step).__name__, {
+                key: tuple(value) if isinstance(value, list) else value
+                for key, value in vars(step).items()
+                if key in ("_args", "_alpha", "_size", "_keep", "_mean", "_std",
+                           "_interpolation")}))
+    return steps
+
+
+def test_image_transforms_are_gluoncvs(rec_dir):
+    """The folder and index readers transform as GluonCV's get_data_loader does: the same steps
+    with the same settings, and the same tensors for the same random choices; each sample's
+    choices are a pure function of (seed, epoch, index)."""
+    import random
+
+    reference_train, reference_test = _gluoncv_transforms(32, 0.8)
+    assert _steps(cls.gluoncv_train_transform(32)) == _steps(reference_train)
+    assert _steps(cls.gluoncv_val_transform(32, 0.8)) == _steps(reference_test)
+    assert [name for name, _ in _steps(reference_train)] == [
+        "RandomResizedCrop", "RandomFlipLeftRight", "RandomColorJitter", "RandomLighting",
+        "ToTensor", "Normalize"]
+    images = cls.RecordImages(os.path.join(rec_dir, "train.rec"),
+                              os.path.join(rec_dir, "train.idx"))
+    train = cls.TrainTransform(images, 32, seed=3, epoch=1)
+    for index in (0, 5):
+        tensor, label = train[index]
+        image, expected_label = images[index]
+        # The sample's seed: (seed, epoch, index) -> (3 * 7919 + 1 * 104729 + index).
+        random.seed(3 * 7919 + 104729 + index)
+        mx.random.seed(3 * 7919 + 104729 + index, ctx=mx.cpu())
+        np.testing.assert_array_equal(tensor.asnumpy(), reference_train(image).asnumpy())
+        assert tensor.shape == (3, 32, 32) and label == expected_label
+        np.testing.assert_array_equal(train[index][0].asnumpy(), tensor.asnumpy())
+    assert not np.array_equal(train[0][0].asnumpy(),
+                              cls.TrainTransform(images, 32, seed=3, epoch=2)[0][0].asnumpy())
+    val = cls.ValTransform(images, 32, 0.8)
+    np.testing.assert_array_equal(val[1][0].asnumpy(), reference_test(images[1][0]).asnumpy())
+
+
+def test_record_iter_takes_gluoncvs_arguments():
+    """--use-rec: ImageRecordIter gets GluonCV 0.10's get_data_rec training arguments (file,
+    batch and shuffling aside, which the elastic parts set)."""
+    args = types.SimpleNamespace(num_data_workers=4, input_size=224)
+    jitter_param, lighting_param = 0.4, 0.1
+    mean_rgb = [123.68, 116.779, 103.939]
+    std_rgb = [58.393, 57.12, 57.375]
+    assert cls.record_iter_kwargs(args) == dict(
+        preprocess_threads=4, data_shape=(3, 224, 224),
+        mean_r=mean_rgb[0], mean_g=mean_rgb[1], mean_b=mean_rgb[2],
+        std_r=std_rgb[0], std_g=std_rgb[1], std_b=std_rgb[2],
+        rand_mirror=True, random_resized_crop=True, max_aspect_ratio=4. / 3.,
+        min_aspect_ratio=3. / 4., max_random_area=1, min_random_area=0.08,
+        brightness=jitter_param, saturation=jitter_param, contrast=jitter_param,
+        pca_noise=lighting_param)
 
 
 # -------------------------------------------------------------------- ImageRecordIter parts
