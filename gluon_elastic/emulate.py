@@ -13,7 +13,7 @@ and saved, so only virtual worker 0 is allowed to update them (the others' updat
 """
 from mxnet import autograd
 
-from .optimizers import sum_of_squares
+from .optimizers import device_sum, sum_of_squares
 
 __all__ = ["EmulatedWorkers"]
 
@@ -42,7 +42,8 @@ class EmulatedWorkers:
         ----------
         loss_fn : callable
             ``loss_fn(rank, shard)`` returns the loss NDArray of one virtual worker's batch, to be
-            differentiated (its sum is taken, as ``backward`` of a vector loss does).
+            differentiated (its sum is taken, as ``backward`` of a vector loss does), or a list of
+            them, one per device the batch was split over (differentiated together).
         shards : sequence
             One per-worker batch per virtual rank, in rank order.
         batch_sizes : sequence of int, optional
@@ -53,29 +54,37 @@ class EmulatedWorkers:
 
         Returns
         -------
-        list of NDArray
-            Each virtual worker's loss.
+        list
+            Each virtual worker's loss, as ``loss_fn`` returned it.
         """
+        # Per parameter, the gradient copies of every device.
         grads = []
         for param in self._params:
             if param.grad_req != "null":
                 param.zero_grad()
-                grads.extend(param.list_grad())
+                grads.append(param.list_grad())
         saved_aux = None
         losses = []
-        previous = [g.copy() for g in grads] if batch_sizes is not None else None
+        previous = ([[g.copy() for g in copies] for copies in grads]
+                    if batch_sizes is not None else None)
         noise_sum, noise_workers = 0.0, 0
         for rank, shard in enumerate(shards):
             with autograd.record():
                 loss = loss_fn(rank, shard)
-            loss.backward()
+            if isinstance(loss, (list, tuple)):
+                autograd.backward(list(loss))
+            else:
+                loss.backward()
             losses.append(loss)
             if previous is not None and batch_sizes[rank] > 0:
-                own = sum_of_squares([g - p for g, p in zip(grads, previous)])
+                # The worker's gradient G_i is the sum over its devices of what it added.
+                own = sum_of_squares([device_sum([g - p for g, p in zip(copies, before)])
+                                      for copies, before in zip(grads, previous)])
                 noise_sum += own / batch_sizes[rank]
                 noise_workers += 1
-                for grad, copy in zip(grads, previous):
-                    grad.copyto(copy)
+                for copies, before in zip(grads, previous):
+                    for grad, copy in zip(copies, before):
+                        grad.copyto(copy)
             if rank == 0 and len(shards) > 1:
                 saved_aux = [[d.copy() for d in p.list_data()] for p in self._aux]
         if saved_aux is not None:

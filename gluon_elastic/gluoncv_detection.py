@@ -100,8 +100,8 @@ def add_gluoncv_args(parser, kind):
         _add_faster_rcnn_args(parser, group)
         return group
     group.add_argument("--syncbn", action="store_true",
-                       help="synchronised BatchNorm across the devices of a process (one device "
-                            "per process here: no effect)")
+                       help="accepted, no effect: each device of a process normalises with its "
+                            "own batch statistics")
     if kind == "ssd":
         group.add_argument("--dali", action="store_true", help="refused: DALI is not supported")
     else:
@@ -322,11 +322,25 @@ def resolve_args(parser, args, kind, zoo_names, gpu_count):
                      % args.gpus)
     if args.device == "auto":
         args.device = "gpu" if gpu_ids and gpu_count else "cpu"
+    if args.device == "gpu" and gpu_ids:
+        # The ids count the GPUs of each process; which ones follows the local-rank rule of
+        # gluon_elastic.devices (GluonCV's 0..N-1 for one process per host).
+        if args.num_gpus not in (0, len(gpu_ids)):
+            parser.error("--num-gpus %d contradicts --gpus %s (%d GPUs per process)"
+                         % (args.num_gpus, args.gpus, len(gpu_ids)))
+        args.num_gpus = len(gpu_ids)
+    num_devices = max(1, args.num_gpus)
+    if kind == "faster_rcnn" and args.local_batch_size % num_devices:
+        # The R-CNN target sampler has one slot per image of a device's forward pass, so every
+        # device takes the same share of the batch (GluonCV asserts the same).
+        parser.error("Faster R-CNN splits the per-worker batch evenly over the devices: batch %d "
+                     "on %d devices" % (args.local_batch_size, num_devices))
     if kind == "faster_rcnn" and args.use_fpn and args.device == "cpu" and \
             getattr(args, "roi_mode", "align") == "align":
         # GluonCV's FPN pooling runs ROIAlign on every level with the ROIs of other levels given
-        # batch index -1; MXNet 1.9.1's CPU ROIAlign returns garbage for those (seen: values up
-        # to 1e26, and NaN) where the GPU kernel returns zeros.
+        # batch index -1; for such a ROI MXNet 1.9.1's CPU kernel writes one zero (at the ROI's
+        # number, not its output block) and leaves its output unset (seen: values up to 1e26,
+        # and NaN), where the GPU kernel zeroes every element.
         parser.error("--use-fpn with ROIAlign on the CPU: MXNet's CPU ROIAlign corrupts GluonCV's "
                      "FPN pooling; train on a GPU, or use custom-model --roi-mode pool")
     prefix = (args.save_prefix or "") + args.model
@@ -343,14 +357,15 @@ def resolve_args(parser, args, kind, zoo_names, gpu_count):
     return args
 
 
-def build_faster_rcnn(args, classes, ctx):
+def build_faster_rcnn(args, classes, contexts):
     """GluonCV's Faster R-CNN for the flags, from scratch (nothing is downloaded), initialised on
-    ``ctx`` with its shapes resolved and only GluonCV's trainable parameters taking gradients.
+    the devices of ``contexts`` with its shapes resolved and only GluonCV's trainable parameters
+    taking gradients.
 
     A zoo model (``args.model``) at the zoo's sizes, or with ``custom-model`` Faster R-CNN's FPN
     builder with every size from the flags, as GluonCV's script builds them. The target sampler
     has one slot per image of a forward pass: ``per_device_batch_size`` is the per-worker batch
-    (one device per worker process).
+    over the number of devices.
     """
     import mxnet as mx
     from gluoncv import model_zoo
@@ -378,30 +393,32 @@ def build_faster_rcnn(args, classes, ctx):
             alloc_size=args.anchor_alloc_size, rpn_nms_thresh=args.rpn_nms_thresh,
             rpn_train_pre_nms=args.rpn_train_pre_nms, rpn_train_post_nms=args.rpn_train_post_nms,
             rpn_test_pre_nms=args.rpn_test_pre_nms, rpn_test_post_nms=args.rpn_test_post_nms,
-            rpn_min_size=args.rpn_min_size, per_device_batch_size=args.local_batch_size,
+            rpn_min_size=args.rpn_min_size,
+            per_device_batch_size=args.local_batch_size // len(contexts),
             num_sample=args.rcnn_num_samples, pos_iou_thresh=args.rcnn_pos_iou_thresh,
             pos_ratio=args.rcnn_pos_ratio, max_num_gt=args.max_num_gt)
     else:
         kwargs = {"num_devices": 1} if args.norm_layer == "syncbn" else {}
         net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False,
-                                  per_device_batch_size=args.local_batch_size, **kwargs)
+                                  per_device_batch_size=args.local_batch_size // len(contexts),
+                                  **kwargs)
         if tuple(net.classes) != tuple(classes):
             net.reset_class(list(classes))
     # As GluonCV: initialise what has no data yet (the FPN's symbol block may), then move all.
     for param in net.collect_params().values():
         if param._data is None:  # pylint: disable=protected-access
-            param.initialize(ctx=ctx)
-    net.collect_params().reset_ctx(ctx)
+            param.initialize(ctx=contexts)
+    net.collect_params().reset_ctx(contexts)
     # The R-CNN target generator is made on first use; made now, it is part of the model
     # before the trainer and the elastic state collect the parameters.
-    net.target_generator.collect_params().reset_ctx(ctx)
+    net.target_generator.collect_params().reset_ctx(contexts)
     net.collect_params().setattr("grad_req", "null")
     for param in net.collect_train_params().values():
         if not isinstance(param, gluon.Constant):   # anchors stay constant
             param.grad_req = "write"
     short = args.image_short if args.custom_model else net.short
     side = max(short) if isinstance(short, (list, tuple)) else short
-    net(mx.nd.zeros((1, 3, side, side), ctx=ctx))   # inference: resolves every shape
+    net(mx.nd.zeros((1, 3, side, side), ctx=contexts[0]))   # inference: resolves every shape
     return net
 
 
@@ -435,19 +452,20 @@ class DetectionLoss:
     objects with GluonCV's names, reset at the start of each epoch by the log format;
     ``extra_metrics`` are Faster R-CNN's accuracy metrics (GluonCV never resets them).
 
+    Called once per device with that device's part of a worker's batch, already on the device.
+
     Parameters
     ----------
     kind : {'ssd', 'yolo3', 'faster_rcnn'}
-    ctx : mxnet.Context
     rpn_smoothl1_rho, rcnn_smoothl1_rho : float
         Faster R-CNN's box losses: transition points from L1 to L2.
     """
 
-    def __init__(self, kind, ctx, rpn_smoothl1_rho=1. / 9., rcnn_smoothl1_rho=1.):
+    def __init__(self, kind, rpn_smoothl1_rho=1. / 9., rcnn_smoothl1_rho=1.):
         import mxnet as mx
         from gluoncv import loss as gcv_loss
 
-        self.kind, self.ctx = kind, ctx
+        self.kind = kind
         names = {"ssd": ("CrossEntropy", "SmoothL1"),
                  "yolo3": ("ObjLoss", "BoxCenterLoss", "BoxScaleLoss", "ClassLoss"),
                  "faster_rcnn": ("RPN_Conf", "RPN_SmoothL1", "RCNN_CrossEntropy",
@@ -473,15 +491,13 @@ class DetectionLoss:
         if self.kind == "faster_rcnn":
             return self._faster_rcnn(net, shard)
         if self.kind == "yolo3":
-            data = shard[0].as_in_context(self.ctx)
-            targets = [array.as_in_context(self.ctx) for array in shard[1:6]]
-            gt_boxes = shard[6].as_in_context(self.ctx)
+            data, targets, gt_boxes = shard[0], shard[1:6], shard[6]
             parts = net(data, gt_boxes, *targets)
             with mx.autograd.pause():
                 for metric, part in zip(self.metrics, parts):
                     metric.update(0, part)
             return parts[0] + parts[1] + parts[2] + parts[3]
-        data, cls_targets, box_targets = (array.as_in_context(self.ctx) for array in shard)
+        data, cls_targets, box_targets = shard
         cls_preds, box_preds, _ = net(data)
         sum_loss, cls_loss, box_loss = self._multibox([cls_preds], [box_preds], [cls_targets],
                                                       [box_targets])
@@ -495,8 +511,7 @@ class DetectionLoss:
         # instead of differentiating its sum.
         import mxnet as mx
 
-        data, label, rpn_cls_targets, rpn_box_targets, rpn_box_masks = (
-            array.as_in_context(self.ctx) for array in shard)
+        data, label, rpn_cls_targets, rpn_box_targets, rpn_box_masks = shard
         gt_label, gt_box = label[:, :, 4:5], label[:, :, :4]
         (cls_pred, box_pred, _, _, _, rpn_score, rpn_box, _, cls_targets, box_targets, box_masks,
          _) = net(data, gt_box, gt_label)

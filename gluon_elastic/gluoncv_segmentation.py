@@ -67,8 +67,8 @@ def add_gluoncv_args(parser):
     group.add_argument("--eval", action="store_true", help="evaluate --resume only")
     group.add_argument("--no-val", action="store_true", help="no validation during training")
     group.add_argument("--syncbn", action="store_true",
-                       help="synchronised BatchNorm across a process's devices (one device per "
-                            "process here: no effect)")
+                       help="accepted, no effect: each device of a process normalises with its "
+                            "own batch statistics")
     parser.set_defaults(model="fcn", dataset="pascal", aux=False, epochs=50, lr=0.001,
                         momentum=0.9, wd=0.0001, log_interval=20, warmup_lr=0.0, lr_mode="poly",
                         lr_power=0.9, num_data_workers=16)
@@ -115,6 +115,12 @@ def resolve_args(parser, args, gpu_count):
                      % (ngpus, gpu_count))
     if args.device == "auto":
         args.device = "gpu" if ngpus else "cpu"
+    if args.device == "gpu" and ngpus:
+        # GPUs of each process, placed by the local-rank rule of gluon_elastic.devices (all of
+        # the host's by default: GluonCV runs one process per host).
+        if args.num_gpus not in (0, ngpus):
+            parser.error("--num-gpus %d contradicts --ngpus %d" % (args.num_gpus, ngpus))
+        args.num_gpus = ngpus
     if args.dtype == "float16" and not ngpus:
         parser.error("--dtype float16 needs a GPU")
     if args.save_dir is None:

@@ -67,7 +67,7 @@ from horovod.runner.elastic.driver import ElasticDriver as HorovodElasticDriver
 from horovod.runner.elastic.worker import HostUpdateResult
 
 from .flags import positive_int
-from .launch import (RestartBudget, add_restart_args, format_plan, process_plan,
+from .launch import (RestartBudget, add_plan_args, add_restart_args, format_plan, process_plan,
                      processes_with_env, run_forwarding_signals)
 from .restart import ENV, NEXT_ASSIGNMENT_SCOPE
 
@@ -472,9 +472,7 @@ def parse_args(argv=None):
                              "a directory that holds some resumes from the newest (default: a "
                              "temporary directory removed at the end)")
     add_restart_args(parser, "relaunches after the driver died or no worker survived")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the process plan (host, rank, local rank, device) of the "
-                             "listed hosts and exit")
+    add_plan_args(parser)
     parser.add_argument("--verbose", action="store_true", help="Horovod's driver logs")
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="worker command, after '--'")
@@ -499,8 +497,8 @@ def parse_args(argv=None):
 def dry_run_plan(args):
     """The process plan of the first world: ``-np`` slots of the listed hosts, in their order.
 
-    Horovod gives ranks host by host in the order of the host list, and each worker drives GPU
-    ``local_rank`` (``hvd.local_rank()``).
+    Horovod gives ranks host by host in the order of the host list, and each worker drives the
+    ``--num-gpus`` GPUs of its ``local_rank`` (``hvd.local_rank()``; :mod:`gluon_elastic.devices`).
     """
     if args.hosts is not None:
         listed = [_host_slots(item, args.slots_per_host) for item in args.hosts.split(",")]
@@ -510,7 +508,7 @@ def dry_run_plan(args):
         listed = [_host_slots(line.strip(), args.slots_per_host)
                   for line in output.splitlines() if line.strip()]
     slot_hosts = [host for host, slots in listed for _ in range(slots)]
-    return process_plan(slot_hosts[:args.np])
+    return process_plan(slot_hosts[:args.np], args.num_gpus)
 
 
 def _host_slots(item, default_slots):

@@ -5,8 +5,10 @@
 Every process gets the ``DMLC_*`` variables of its role on a free loopback port; the servers and the
 scheduler run ``python -c "import mxnet"`` (MXNet starts its server loop on import when
 ``DMLC_ROLE`` says so). Each worker also gets its index among the workers of its host
-(``GLUON_ELASTIC_LOCAL_RANK``, ``GLUON_ELASTIC_LOCAL_SIZE``), which picks its GPU; ``--dry-run``
-prints that plan (:func:`process_plan`) without starting anything. Output is streamed line by line with a ``[worker 0]`` style prefix.
+(``GLUON_ELASTIC_LOCAL_RANK``, ``GLUON_ELASTIC_LOCAL_SIZE``), which picks its GPUs
+(:mod:`gluon_elastic.devices`); ``--dry-run`` prints that plan (:func:`process_plan`; with
+``--num-gpus N``, N GPUs per worker) without starting anything. Output is streamed line by line
+with a ``[worker 0]`` style prefix.
 SIGINT/SIGTERM are forwarded to the whole group. The launcher returns the first non-zero exit code
 of any process (a failed worker stops the others, since ps-lite survivors would block forever), or
 0 when every worker succeeded; no process of the group outlives it.
@@ -20,10 +22,12 @@ import sys
 import threading
 import time
 
+from .devices import device_ids, format_devices
 from .flags import non_negative_int, positive_float, positive_int
 from .restart import ENV
 
-__all__ = ["Group", "free_port", "process_plan", "format_plan", "run_forwarding_signals",
+__all__ = ["Group", "free_port", "process_plan", "format_plan", "add_plan_args",
+           "run_forwarding_signals",
            "RestartBudget", "add_restart_args", "processes_with_env", "main"]
 
 
@@ -112,7 +116,7 @@ def run_forwarding_signals(run, on_signal):
             signal.signal(sig, handler)
 
 
-def process_plan(slot_hosts):
+def process_plan(slot_hosts, devices_per_process=1):
     """Who runs where: one entry per worker slot, in rank order.
 
     Parameters
@@ -120,13 +124,16 @@ def process_plan(slot_hosts):
     slot_hosts : list of str
         The host of each worker slot (``['a', 'a', 'b', ...]``; a host's slots are contiguous
         when they come from a ``HOST:SLOTS`` list).
+    devices_per_process : int
+        GPUs each worker drives (the recipes' ``--num-gpus``, at least 1).
 
     Returns
     -------
     list of dict
-        ``host``, ``rank``, ``local_rank`` (index among the workers of that host) and
-        ``local_size`` of each worker. A worker drives GPU ``local_rank`` (of the GPUs its host
-        shows it). Horovod ranks follow this order; ps-lite (KVStore) numbers the workers itself,
+        ``host``, ``rank``, ``local_rank`` (index among the workers of that host),
+        ``local_size`` and ``devices`` (GPU ids, :func:`gluon_elastic.devices.device_ids`:
+        ``local_rank * N .. local_rank * N + N - 1`` of the GPUs its host shows it) of each
+        worker. Horovod ranks follow this order; ps-lite (KVStore) numbers the workers itself,
         so there ``rank`` is the launch order.
     """
     plan, seen = [], {}
@@ -135,15 +142,29 @@ def process_plan(slot_hosts):
         local_rank = seen.get(host, 0)
         seen[host] = local_rank + 1
         plan.append({"host": host, "rank": rank, "local_rank": local_rank,
-                     "local_size": sizes[host]})
+                     "local_size": sizes[host],
+                     "devices": device_ids(local_rank, devices_per_process)})
     return plan
 
 
 def format_plan(plan):
-    """One line per worker: ``host=H rank=R local_rank=L device=gpu(L)``."""
-    return "\n".join("host=%s rank=%d local_rank=%d device=gpu(%d)"
-                     % (entry["host"], entry["rank"], entry["local_rank"], entry["local_rank"])
+    """One line per worker: ``host=H rank=R local_rank=L devices=gpu(I),gpu(J)...``."""
+    return "\n".join("host=%s rank=%d local_rank=%d devices=%s"
+                     % (entry["host"], entry["rank"], entry["local_rank"],
+                        format_devices("gpu", entry["devices"]))
                      for entry in plan)
+
+
+def add_plan_args(parser):
+    """``--dry-run`` and ``--num-gpus``, the same in every launcher."""
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the process plan (host, rank, local rank, devices) and exit "
+                             "without starting anything")
+    parser.add_argument("--num-gpus", type=positive_int, default=1,
+                        help="GPUs each worker process drives, as the workers' own --num-gpus "
+                             "says (worker with local rank r: gpu(r*N) .. gpu(r*N+N-1)); the "
+                             "launcher uses it for the --dry-run plan only (default: "
+                             "%(default)s)")
 
 
 class Group:
@@ -228,9 +249,9 @@ class Group:
                          ENV["local_size"]: str(entry["local_size"])})
         return self
 
-    def plan(self):
+    def plan(self, devices_per_process=1):
         """The workers' :func:`process_plan` (all on this machine)."""
-        return process_plan(["localhost"] * self.num_workers)
+        return process_plan(["localhost"] * self.num_workers, devices_per_process)
 
     def workers(self):
         return {name: proc for name, proc in self.procs.items() if name.startswith("worker")}
@@ -311,8 +332,7 @@ def parse_args(argv=None):
                         help="server processes")
     parser.add_argument("--timeout", type=float, default=None,
                         help="stop the group after this many seconds (exit code 124)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the process plan (host, rank, local rank, device) and exit")
+    add_plan_args(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="worker command, after '--'")
     args = parser.parse_args(argv)
@@ -328,7 +348,7 @@ def main(argv=None):
     args = parse_args(argv)
     group = Group(args.command, args.num_workers, args.num_servers)
     if args.dry_run:
-        print(format_plan(group.plan()))
+        print(format_plan(group.plan(args.num_gpus)))
         return 0
 
     return run_forwarding_signals(lambda: group.start().wait(timeout=args.timeout), group.signal)

@@ -36,8 +36,7 @@ import numpy as np
 from . import kernels
 
 __all__ = ["ElasticSGD", "ElasticNAG", "elastic_optimizer", "portable_copy", "scale_arrays",
-           "sum_of_squares",
-           "V_FORM_OPTIMIZERS"]
+           "sum_of_squares", "device_sum", "V_FORM_OPTIMIZERS"]
 
 # Largest number of arrays one multi-tensor kernel (multi_sgd_update) takes in MXNet 1.9.1.
 _MULTI_TENSOR_LIMIT = 60
@@ -79,6 +78,13 @@ def sum_of_squares(arrays):
         chunk = [a.astype("float32", copy=False) for a in arrays[begin:begin + _MULTI_TENSOR_LIMIT]]
         total.append(mx.nd.multi_sum_sq(*chunk, num_arrays=len(chunk)).sum())
     return float(mx.nd.add_n(*total).asscalar()) if total else 0.0
+
+
+def device_sum(arrays):
+    """Sum of one parameter's copies on several devices (a gradient per device), on the first."""
+    if len(arrays) == 1:
+        return arrays[0]
+    return mx.nd.add_n(*[array.as_in_context(arrays[0].context) for array in arrays])
 
 
 def scale_arrays(arrays, factor):

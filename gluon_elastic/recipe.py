@@ -1,4 +1,4 @@
-"""What every GluonCV recipe in ``scripts/`` shares: validation, device, log format, checkpoints,
+"""What every GluonCV recipe in ``scripts/`` shares: validation, devices, log format, checkpoints,
 and the elastic training loop.
 
 Contract
@@ -17,6 +17,12 @@ every recipe:
 * **data order.** :class:`gluon_elastic.data.ElasticSampler` splits each global batch over the ranks
   of the *current* world; a short last global batch is dropped, so every worker always trains on
   its full per-worker batch (and BatchNorm never sees a batch of one).
+* **devices.** A process drives ``max(1, --num-gpus)`` devices by the rule of
+  :mod:`gluon_elastic.devices` (local rank ``r``: ``gpu(r*N) .. gpu(r*N+N-1)``; with ``--device
+  cpu``, ``cpu(0) .. cpu(N-1)``). Each worker's batch is split over them as GluonCV's scripts do,
+  the loss runs once per device on that device's part, and the trainer sums their gradients;
+  every device holds the same weights. Evaluation splits its batches the same way, with rank 0's
+  first-device BatchNorm statistics on every device.
 * **state.** One checkpoint system: :class:`gluon_elastic.checkpoint.CheckpointManager` files
   (atomic, checksummed) of the :class:`gluon_elastic.state.ElasticState` (parameters with BatchNorm
   statistics, optimizer and elastic trainer state, sampler position) in ``--checkpoint-dir`` or the
@@ -59,10 +65,12 @@ import time
 import numpy as np
 
 from . import backends as _backends
+from . import devices as _devices
 from . import flags as _flags
 
 __all__ = ["add_run_args", "add_schedule_args", "build_schedule", "check_elastic_args",
-           "create_backend", "choose_context", "setup_logging", "format_metrics", "latest_checkpoint",
+           "create_backend", "choose_contexts", "setup_logging", "format_metrics",
+           "latest_checkpoint",
            "ElasticLoop", "NoElasticState", "run_loop", "prepare", "fit"]
 
 logger = logging.getLogger("gluon_elastic.recipe")
@@ -122,22 +130,18 @@ def create_backend(args):
     return _backends.create(args.backend)
 
 
-def choose_context(backend, device="auto"):
-    """One device per process: GPU ``local_rank`` when there is one (or ``device='gpu'``), else CPU.
+def choose_contexts(backend, device="auto", num_gpus=0):
+    """The devices of this process: ``max(1, num_gpus)`` of them, by the backend's local rank.
+
+    The rule is :func:`gluon_elastic.devices.choose_contexts`: GPUs ``r*N .. r*N+N-1`` for local
+    rank ``r`` (``--device gpu``, or ``auto`` on a host with GPUs), else ``cpu(0) .. cpu(N-1)``.
 
     Raises
     ------
     ValueError
-        ``device='gpu'`` on a machine without GPUs.
+        ``device='gpu'`` on a machine without GPUs, or too few GPUs for this local rank.
     """
-    import mxnet as mx
-
-    num_gpus = mx.context.num_gpus()
-    if device == "cpu" or (device == "auto" and num_gpus == 0):
-        return mx.cpu()
-    if num_gpus == 0:
-        raise ValueError("--device gpu: no GPU is visible to MXNet")
-    return mx.gpu(backend.local_rank % num_gpus)
+    return _devices.choose_contexts(backend.local_rank, max(1, num_gpus or 0), device)
 
 
 def setup_logging(rank):
@@ -160,7 +164,12 @@ def add_run_args(parser, log_interval=20, num_data_workers=4):
     """Flags every recipe shares besides the elastic ones: device, data loading, progress output."""
     group = parser.add_argument_group("run")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
-                       help="auto: GPU local_rank when there is one, else CPU")
+                       help="auto: GPUs when the host has any, else the CPU")
+    group.add_argument("--num-gpus", type=_flags.non_negative_int, default=0,
+                       help="devices this process drives, N = max(1, this): the process with "
+                            "local rank r on its host takes gpu(r*N) .. gpu(r*N+N-1); on the CPU "
+                            "cpu(0) .. cpu(N-1), N contexts of one processor. Each step's batch "
+                            "is split over them (default: %(default)s)")
     group.add_argument("-j", "--num-data-workers", type=_flags.non_negative_int,
                        default=num_data_workers,
                        help="data loader processes per worker (default: %(default)s)")
@@ -290,8 +299,9 @@ class ElasticLoop:
         ``make_loader(batch_indices, epoch)`` returns an iterable of batches (tuples of NDArrays
         whose first axis follows the indices) for an iterable of index lists, one list per step.
     loss_fn : callable
-        ``loss_fn(net, shard)`` returns the per-sample loss of one worker's batch (a tuple of
-        NDArrays); its sum is differentiated and the trainer divides by the global batch.
+        ``loss_fn(net, shard)`` returns the per-sample loss of one device's part of one worker's
+        batch (a tuple of NDArrays already on that device); its sum is differentiated and the
+        trainer divides by the global batch.
     evaluate_fn : callable
         ``evaluate_fn(net, indices)`` returns picklable statistics of a shard of the validation set.
     reduce_fn : callable
@@ -307,10 +317,14 @@ class ElasticLoop:
     on_epoch_end : callable, optional
         ``on_epoch_end(epoch, net, trainer, metrics)``, called on every rank after the epoch's
         checkpoint (a recipe's own outputs, such as GluonCV's ``--save-dir`` files).
+    contexts : list of mxnet.Context, optional
+        The devices of this process (default: those the parameters live on). Each worker's batch
+        is split over them (:func:`gluon_elastic.devices.split_and_load`), with one forward and
+        backward per device; the trainer sums their gradients.
     """
 
     def __init__(self, args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
-                 num_val_samples, agent=None, log_format=None, on_epoch_end=None):
+                 num_val_samples, agent=None, log_format=None, on_epoch_end=None, contexts=None):
         from .recipe_log import RecipeLog
 
         from .emulate import EmulatedWorkers
@@ -331,7 +345,10 @@ class ElasticLoop:
         self.on_epoch_end = on_epoch_end
         self.emulated = args.emulate_schedule is not None
         self.workers = EmulatedWorkers(net.collect_params())
-        self._aux_params = [p for p in net.collect_params().values() if p.grad_req == "null"]
+        params = list(net.collect_params().values())
+        self.contexts = list(contexts) if contexts is not None else params[0].list_ctx()
+        self._aux_params = [p for p in params if p.grad_req == "null"]
+        self._trained_params = [p for p in params if p.grad_req != "null"]
         self.history = []   # (epoch, metrics) of every evaluation, on every rank
         self.metrics = MetricsWriter(getattr(args, "metrics_file", None), trainer,
                                      interval=getattr(args, "metrics_interval", 1))
@@ -360,6 +377,21 @@ class ElasticLoop:
                 return
             yield [list(indices) for indices in parts], global_batch_size
 
+    def _device_losses(self, _rank, shard):
+        """One worker's batch split over this process's devices: a loss per device with samples."""
+        return [self.loss_fn(self.net, part)
+                for part in _devices.split_and_load(shard, self.contexts)]
+
+    def _mark_idle_devices(self, largest_shard):
+        """Devices that got no sample this step (a batch smaller than the devices) add nothing.
+
+        Their gradients stay at the zeros the step started from; marking them fresh lets the
+        trainer sum them in rather than refuse them as stale.
+        """
+        for param in self._trained_params:
+            for data in param.list_data()[largest_shard:]:
+                data._fresh_grad = True  # pylint: disable=protected-access
+
     def train_epoch(self, epoch, state):
         """Train the rest of ``epoch``; returns ``(mean loss, samples, seconds)`` of this call."""
         import mxnet as mx
@@ -383,15 +415,16 @@ class ElasticLoop:
             shards = [tuple(column[rank] for column in columns) for rank in range(len(shard_sizes))]
             # AdaScale over emulated workers needs each virtual worker's own gradient norm.
             measure = self.emulated and self.trainer.scaling == "adascale"
-            losses = self.workers.forward_backward(
-                lambda _rank, shard: self.loss_fn(self.net, shard), shards,
-                batch_sizes=shard_sizes if measure else None)
+            losses = self.workers.forward_backward(self._device_losses, shards,
+                                                   batch_sizes=shard_sizes if measure else None)
+            self._mark_idle_devices(max(shard_sizes))
             self.trainer.step(global_batch_size=global_batch_size,
                               worker_noise=self.workers.worker_noise if measure else None)
             self.sampler.record(global_batch_size)
             samples += global_batch_size
             batch_samples += global_batch_size
-            step_loss = sum(float(loss.sum().asscalar()) for loss in losses)
+            step_loss = sum(float(loss.sum().asscalar()) for worker_losses in losses
+                            for loss in worker_losses)
             loss_sum += step_loss
             loss_count += sum(shard_sizes)
             # The training metric is read (a device sync) only where a metrics file is written.
@@ -421,11 +454,15 @@ class ElasticLoop:
         """Evaluate on the validation set sharded by the current world; same metrics on every rank."""
         if self.num_val_samples == 0:
             return {}
-        # Every real worker keeps its own BatchNorm running statistics; rank 0's are the ones saved
-        # (and virtual worker 0's when emulating), so every rank evaluates with those.
+        # Every real worker and every device keeps its own BatchNorm running statistics; those of
+        # rank 0's first device are the ones saved (and virtual worker 0's when emulating), so
+        # every device of every rank evaluates with those.
         if self._aux_params:
-            self.trainer.backend.broadcast_arrays([p.data() for p in self._aux_params],
-                                                  name="recipe.aux")
+            firsts = [p.list_data()[0] for p in self._aux_params]
+            self.trainer.backend.broadcast_arrays(firsts, name="recipe.aux")
+            for param, first in zip(self._aux_params, firsts):
+                for copy in param.list_data()[1:]:
+                    first.copyto(copy)
         indices = np.arange(self.num_val_samples)
         if not self.emulated:
             indices = indices[self.trainer.rank::self.trainer.world_size]
@@ -481,11 +518,12 @@ def run_loop(loop, state):
 
 # ------------------------------------------------------------------------------- entry points
 def prepare(parser, args, num_train_samples):
-    """Validate the elastic flags, create the backend, set up logging, choose the device, seed.
+    """Validate the elastic flags, create the backend, set up logging, choose the devices, seed.
 
     Returns
     -------
-    (backend, ctx)
+    (backend, contexts)
+        ``contexts``: the list of devices this process drives (:func:`choose_contexts`).
     """
     import mxnet as mx
 
@@ -493,20 +531,22 @@ def prepare(parser, args, num_train_samples):
     backend = create_backend(args)
     setup_logging(backend.rank)
     try:
-        ctx = choose_context(backend, getattr(args, "device", "auto"))
+        contexts = choose_contexts(backend, getattr(args, "device", "auto"),
+                                   getattr(args, "num_gpus", 0))
     except ValueError as err:
         parser.error(str(err))
     mx.random.seed(args.seed)
     np.random.seed(args.seed)
-    return backend, ctx
+    return backend, contexts
 
 
-def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_train_samples,
+def fit(args, backend, contexts, net, optimizer, optimizer_params, schedule, num_train_samples,
         make_loader, loss_fn, evaluate_fn, reduce_fn, num_val_samples, prefix, log_format=None,
         on_epoch_end=None, on_start=None):
     """Build the trainer and sampler, resume from the newest checkpoint if any, train.
 
-    ``net`` must be initialised with its shapes resolved. Returns the :class:`ElasticLoop` after
+    ``net`` must be initialised on ``contexts`` (what :func:`prepare` returned) with its shapes
+    resolved. Returns the :class:`ElasticLoop` after
     training (``loop.history`` holds the metrics of every epoch). ``log_format`` and
     ``on_epoch_end`` go to :class:`ElasticLoop`. ``on_start(trainer, sampler, resumed)``, when
     given, is called once the trainer and sampler exist and the checkpoint (if any) is loaded
@@ -551,7 +591,8 @@ def fit(args, backend, ctx, net, optimizer, optimizer_params, schedule, num_trai
                 prefix, backend.name, trainer.world_size, trainer.global_batch_size,
                 trainer.learning_rate, num_train_samples)
     loop = ElasticLoop(args, net, trainer, sampler, make_loader, loss_fn, evaluate_fn, reduce_fn,
-                       num_val_samples, agent, log_format=log_format, on_epoch_end=on_epoch_end)
+                       num_val_samples, agent, log_format=log_format, on_epoch_end=on_epoch_end,
+                       contexts=contexts)
     loop.metrics.start(resumed=resumed is not None)
     try:
         run_loop(loop, state)

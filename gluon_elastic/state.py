@@ -123,7 +123,7 @@ class ElasticState(State):
             "sampler": dict or None, "user": dict}``.
         """
         return {"format": STATE_FORMAT, "version": STATE_VERSION,
-                "params": {p.name: p.data().asnumpy() for p in self.params},
+                "params": {p.name: p.list_data()[0].asnumpy() for p in self.params},
                 "trainer": self.trainer.states_bytes(),
                 "sampler": self.sampler.state_dict() if self.sampler is not None else None,
                 "user": copy.deepcopy(self.user_values())}

@@ -34,7 +34,8 @@ TorchElastic does for PyTorch:
   about a minute on one CPU core).
 * **Devices**: worker ``i`` gets its index among the workers of its host
   (``GLUON_ELASTIC_LOCAL_RANK``, see :func:`gluon_elastic.launch.process_plan`), which picks its
-  GPU; ``--dry-run`` prints the plan of the current membership.
+  GPUs (:mod:`gluon_elastic.devices`); ``--dry-run`` prints the plan of the current membership
+  (``--num-gpus N``: N GPUs per worker).
 * **Generations**: each launch gets ``GLUON_ELASTIC_GENERATION`` (0, 1, ...), the checkpoint
   directory in ``GLUON_ELASTIC_CHECKPOINT_DIR`` and the spawn time in
   ``GLUON_ELASTIC_LAUNCH_TIME``. Worker output is prefixed ``[g<generation> worker <i>@<host>]``;
@@ -64,8 +65,8 @@ import threading
 import time
 
 from .flags import positive_float, positive_int
-from .launch import (Group, RestartBudget, add_restart_args, format_plan, process_plan,
-                     run_forwarding_signals)
+from .launch import (Group, RestartBudget, add_plan_args, add_restart_args, format_plan,
+                     process_plan, run_forwarding_signals)
 from .restart import ENV, PROGRESS_MARKER, SAVE_REQUEST, STOPPED_MARKER
 
 __all__ = ["Supervisor", "SupervisedGroup", "parse_hosts", "read_discovery", "is_local_host",
@@ -528,9 +529,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint-dir", default=None,
                         help="checkpoint directory, passed to the workers (shared by all hosts)")
     add_restart_args(parser, "relaunches after failures")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the process plan (host, rank, local rank, device) of the "
-                             "current membership and exit")
+    add_plan_args(parser)
     parser.add_argument("--progress-timeout", type=positive_float, default=30.0,
                         help="seconds without progress from a worker before the group is killed "
                              "and relaunched (default: %(default)s)")
@@ -577,7 +576,8 @@ def main(argv=None):
         ssh_command=shlex.split(args.ssh_command), ssh_port=args.ssh_port)
 
     if args.dry_run:
-        print(format_plan(process_plan(world_of(supervisor.discover(), args.max_workers))))
+        print(format_plan(process_plan(world_of(supervisor.discover(), args.max_workers),
+                                       args.num_gpus)))
         return 0
 
     return run_forwarding_signals(supervisor.run, supervisor.interrupt)

@@ -28,8 +28,13 @@ How it differs from :class:`mxnet.gluon.Trainer` (everything else is Gluon's own
    elastic state (progress, iteration, world, transition) attached to the optimizer: a plain
    ``gluon.Trainer`` loads it with its momentum and counters; :meth:`load_states` reads Gluon's
    files too and starts the elastic state fresh.
+8. Parameters may live on several devices of the process (GluonCV's multi-GPU layout,
+   :mod:`gluon_elastic.devices`): the gradient of the process is the sum over its devices, reduced
+   over the workers (a KVStore's push of every device's copy, or the backend's
+   ``allreduce_grads``), and every device receives it and applies the same update, so the copies
+   stay identical. Optimizer counters are kept alike on every device, whatever device ids a
+   states file was written on.
 """
-import copy
 import logging
 import pickle
 
@@ -38,8 +43,8 @@ import numpy as np
 from mxnet import gluon
 
 from . import backends as _backends
-from .optimizers import (V_FORM_OPTIMIZERS, ElasticNAG, ElasticSGD, elastic_optimizer,
-                         portable_copy, scale_arrays, sum_of_squares)
+from .optimizers import (V_FORM_OPTIMIZERS, ElasticNAG, ElasticSGD, device_sum,
+                         elastic_optimizer, portable_copy, scale_arrays, sum_of_squares)
 from .policy import AdaScale, BatchPolicy, Transition, lr_scale, SCALING_RULES
 from .schedule import Schedule
 
@@ -370,7 +375,18 @@ class ElasticTrainer(gluon.Trainer):
     def load_optimizer_counters(self, counters):
         """Restore what :meth:`optimizer_counters` returned."""
         self._optimizer.num_update = counters["num_update"]
-        self._optimizer._index_update_count = dict(counters["index_update_count"])  # pylint: disable=protected-access
+        self._set_update_counts(counters["index_update_count"])
+
+    def _set_update_counts(self, index_update_count):
+        """Give every device of this process the same update counters.
+
+        MXNet keeps the counters per device id and each device's updater selects its own before
+        updating; setting only the current one would be undone at the next update, and a file
+        from another layout (other device ids) would leave this process's devices at 0.
+        """
+        counts = {ctx.device_id: dict(index_update_count) for ctx in self._contexts}
+        self._optimizer._all_index_update_counts = counts  # pylint: disable=protected-access
+        self._optimizer._index_update_count = counts[self._contexts[0].device_id]  # pylint: disable=protected-access
 
     def _apply_lr(self, lr):
         """Set the LR of the next update; with momentum correction, keep the buffers in u-form.
@@ -663,9 +679,13 @@ class ElasticTrainer(gluon.Trainer):
             updater.states_synced = dict.fromkeys(updater.states, False)
         if file_optimizer is not None:
             self._optimizer.num_update = file_optimizer.num_update
-            counts = copy.deepcopy(file_optimizer._all_index_update_counts)  # pylint: disable=protected-access
-            self._optimizer._all_index_update_counts = counts  # pylint: disable=protected-access
-            self._optimizer._index_update_count = counts.setdefault(0, {})  # pylint: disable=protected-access
+            # The file's devices updated alike: the highest count of each parameter stands for
+            # all of them, whatever device ids the file was written on.
+            merged_counts = {}
+            for counts in file_optimizer._all_index_update_counts.values():  # pylint: disable=protected-access
+                for index, count in counts.items():
+                    merged_counts[index] = max(count, merged_counts.get(index, count))
+            self._set_update_counts(merged_counts)
         elif counters is not None:
             self.load_optimizer_counters(counters)
         if elastic is not None:
@@ -777,9 +797,6 @@ def _squared_norm(params, per_device=True):
         if param.grad_req == "null":
             continue
         copies = param.list_grad()
-        if per_device and len(copies) > 1:
-            grads.append(mx.nd.add_n(*[g.as_in_context(copies[0].context) for g in copies]))
-        else:
-            grads.append(copies[0])
+        grads.append(device_sum(copies) if per_device else copies[0])
     return sum_of_squares(grads)
 

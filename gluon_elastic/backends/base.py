@@ -48,14 +48,36 @@ class Backend:
         return 0
 
     def allreduce_grads(self, params):
-        """Reduce the gradients of ``params`` in place (only for backends without a KVStore)."""
+        """Sum the gradients of ``params`` over devices and workers, in place on every device.
+
+        Only for backends without a KVStore (with one, Gluon's trainer pushes and pulls every
+        device's gradient). The gradient of this process is the sum over its devices; that sum
+        is reduced over the workers (:meth:`_allreduce_sum`) and written back to every device,
+        so each device's updater applies the same gradient and the copies stay identical.
+        """
+        from ..optimizers import device_sum
+
+        for index, param in enumerate(params):
+            if param.grad_req == "null":
+                continue
+            grads = param.list_grad()
+            if len(grads) == 1:
+                self._allreduce_sum(grads[0], index)
+                continue
+            total = device_sum(grads)
+            self._allreduce_sum(total, index)
+            for grad in grads:
+                total.copyto(grad)
+
+    def _allreduce_sum(self, array, index):
+        """``array <- sum over workers of array`` for parameter ``index``: one process here."""
 
     def broadcast_parameters(self, params, root_rank=0):
         """Overwrite the values of ``params`` (a list of Gluon Parameters) with root's."""
         # Neither Horovod nor the dist KVStore can read an array that MKLDNN has re-laid out
-        # (conv weights after a forward pass); a copy has the default layout. set_data writes
-        # the result to every context's copy.
-        values = [param.data().copy() for param in params]
+        # (conv weights after a forward pass); a copy has the default layout. The first
+        # device's copy stands for the process; set_data writes the result to every device.
+        values = [param.list_data()[0].copy() for param in params]
         self.broadcast_arrays(values, root_rank=root_rank, name="param")
         for param, value in zip(params, values):
             param.set_data(value)

@@ -144,18 +144,11 @@ class HorovodBackend(Backend):
     def local_rank(self):
         return self._hvd.local_rank()
 
-    def allreduce_grads(self, params):
+    def _allreduce_sum(self, array, index):
         if self._hvd.size() == 1:
             return
-        for index, param in enumerate(params):
-            if param.grad_req == "null":
-                continue
-            grads = param.list_grad()
-            if len(grads) != 1:
-                raise ValueError("the horovod backend takes one context per process; parameter %s "
-                                 "lives on %d" % (param.name, len(grads)))
-            # Priority follows the reverse order of backward, as in horovod.mxnet.
-            self._hvd.allreduce_(grads[0], average=False, name="grad.%d" % index, priority=-index)
+        # Priority follows the reverse order of backward, as in horovod.mxnet.
+        self._hvd.allreduce_(array, average=False, name="grad.%d" % index, priority=-index)
 
     def _broadcast_inplace(self, array, root_rank, name):
         """Overwrite ``array`` with root's value: an all-reduce sum with zeros off the root."""

@@ -36,6 +36,7 @@ import numpy as np
 from mxnet import gluon
 
 from gluon_elastic import flags, gluoncv_flags, recipe
+from gluon_elastic.devices import split_and_load
 from gluon_elastic.progress import progress
 from gluon_elastic.recipe_log import GluonCVClassificationLog
 
@@ -507,9 +508,10 @@ class RecordIterLoader:
 
 
 # ------------------------------------------------------------------------------------ model
-def build_model(args, ctx):
-    """The model with GluonCV's keyword arguments, initialised (MSRA) or loaded from
-    ``--resume-params``, cast to ``--dtype``, hybridized with ``--mode hybrid``.
+def build_model(args, contexts):
+    """The model with GluonCV's keyword arguments, initialised (MSRA) on every device of
+    ``contexts`` or loaded from ``--resume-params``, cast to ``--dtype``, hybridized with
+    ``--mode hybrid``.
 
     A keyword the model does not take (``--last-gamma`` on a MobileNet, ...) and parameters that
     do not fit the model end the program with exit code 2.
@@ -533,13 +535,14 @@ def build_model(args, ctx):
     except TypeError as err:
         flag = next((given[key] for key in given if key in str(err)), "a model flag")
         args.parser.error("%s does not apply to --model %s (%s)" % (flag, args.model, err))
-    net.initialize(mx.init.MSRAPrelu(), ctx=ctx)
-    net(mx.nd.zeros((1, 3, args.input_size, args.input_size), ctx=ctx))
+    net.initialize(mx.init.MSRAPrelu(), ctx=contexts)
+    # One forward resolves the deferred shapes on every device.
+    net(mx.nd.zeros((1, 3, args.input_size, args.input_size), ctx=contexts[0]))
     if args.dtype != "float32":
         net.cast(args.dtype)
     if args.resume_params:
         try:
-            net.load_parameters(args.resume_params, ctx=ctx)
+            net.load_parameters(args.resume_params, ctx=contexts)
         except (AssertionError, mx.base.MXNetError, ValueError) as err:
             args.parser.error("--resume-params %s does not fit --model %s --classes %d: %s"
                               % (args.resume_params, args.model, args.classes,
@@ -558,14 +561,16 @@ def build_model(args, ctx):
 class TrainingLoss:
     """``loss_fn(net, (data, label))`` of the loop: GluonCV's loss and training metric.
 
-    Softmax cross-entropy on hard labels, label-smoothed one-hot labels (``--label-smoothing``),
-    or mixup (``--mixup``: each worker mixes its batch with its own reversal, ``lam ~ Beta(alpha,
-    alpha)`` per batch, 1 in the last ``--mixup-off-epoch`` epochs). The training metric is
+    The loop calls it once per device with that device's part of the worker's batch, already
+    on the device. Softmax cross-entropy on hard labels, label-smoothed one-hot labels
+    (``--label-smoothing``), or mixup (``--mixup``: each device's part is mixed with its own
+    reversal, as in GluonCV, with ``lam ~ Beta(alpha, alpha)`` drawn per part rather than per
+    batch, and 1 in the last ``--mixup-off-epoch`` epochs). The training metric is
     GluonCV's: accuracy on the hard labels, or RMSE between softmax and mixed labels with mixup.
     """
 
-    def __init__(self, args, ctx):
-        self.args, self.ctx = args, ctx
+    def __init__(self, args):
+        self.args = args
         self.epoch = 0
         self.metric = mx.metric.RMSE() if args.mixup else mx.metric.Accuracy()
         self._loss = gluon.loss.SoftmaxCrossEntropyLoss(
@@ -580,8 +585,7 @@ class TrainingLoss:
     def __call__(self, net, shard):
         args = self.args
         data, label = shard
-        data = data.as_in_context(self.ctx).astype(args.dtype, copy=False)
-        label = label.as_in_context(self.ctx)
+        data = data.astype(args.dtype, copy=False)
         target = label
         if args.mixup:
             lam = self._rng.beta(args.mixup_alpha, args.mixup_alpha)
@@ -602,8 +606,9 @@ class TrainingLoss:
 
 
 # ------------------------------------------------------------------------------- evaluation
-def make_evaluate_fn(args, val_set, ctx, batch_size=None):
-    """``evaluate(net, indices)`` -> ``(top1 correct, top5 correct, count)`` on those samples."""
+def make_evaluate_fn(args, val_set, contexts, batch_size=None):
+    """``evaluate(net, indices)`` -> ``(top1 correct, top5 correct, count)`` on those samples,
+    each batch split over the devices of ``contexts``."""
     transformed = ValTransform(val_set, args.input_size, args.crop_ratio)
     batch_size = batch_size or args.local_batch_size
     top_k = min(5, args.classes)
@@ -613,14 +618,15 @@ def make_evaluate_fn(args, val_set, ctx, batch_size=None):
         chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
         loader = gluon.data.DataLoader(transformed, batch_sampler=chunks,
                                        num_workers=args.num_data_workers)
-        for data, label in progress(loader, total=len(chunks), desc="validation"):
-            output = net(data.as_in_context(ctx).astype(args.dtype, copy=False))
-            output = output.astype("float32", copy=False).asnumpy()
-            label = label.asnumpy().astype(np.int64)
-            top = np.argsort(-output, axis=1)[:, :top_k]
-            correct1 += int((top[:, 0] == label).sum())
-            correct5 += int((top == label[:, None]).any(axis=1).sum())
-            count += len(label)
+        for batch in progress(loader, total=len(chunks), desc="validation"):
+            for data, label in split_and_load(batch, contexts):
+                output = net(data.astype(args.dtype, copy=False))
+                output = output.astype("float32", copy=False).asnumpy()
+                label = label.asnumpy().astype(np.int64)
+                top = np.argsort(-output, axis=1)[:, :top_k]
+                correct1 += int((top[:, 0] == label).sum())
+                correct5 += int((top == label[:, None]).any(axis=1).sum())
+                count += len(label)
         return correct1, correct5, count
     return evaluate
 
@@ -712,10 +718,10 @@ def _log_to_file(path):
 def train(args):
     """Build everything from parsed ``args`` and train; returns the :class:`ElasticLoop`."""
     train_set, val_set = load_data(args)
-    backend, ctx = recipe.prepare(args.parser, args, args.num_train_samples)
-    if args.dtype == "float16" and ctx.device_type != "gpu":
-        args.parser.error("--dtype float16 needs a GPU context; this run is on %s" % ctx)
-    net = build_model(args, ctx)
+    backend, contexts = recipe.prepare(args.parser, args, args.num_train_samples)
+    if args.dtype == "float16" and contexts[0].device_type != "gpu":
+        args.parser.error("--dtype float16 needs a GPU context; this run is on %s" % contexts[0])
+    net = build_model(args, contexts)
     schedule = recipe.build_schedule(args.parser, args, args.num_train_samples)
     # Everything is checked: from here on files are written.
     handler = _log_to_file(args.logging_file) if backend.rank == 0 and args.logging_file else None
@@ -727,7 +733,7 @@ def train(args):
                             "multi_precision": args.dtype == "float16"}
         record_loader = (RecordIterLoader(args) if args.use_rec and args.rec_reader == "iter"
                          else None)
-        loss_fn = TrainingLoss(args, ctx)
+        loss_fn = TrainingLoss(args)
         base_loader = record_loader or make_train_loader(args, train_set)
 
         def make_loader(batch_indices, epoch):
@@ -735,9 +741,9 @@ def train(args):
             return base_loader(batch_indices, epoch)
 
         outputs = GluonCVOutputs(args)
-        loop = recipe.fit(args, backend, ctx, net, "nag", optimizer_params, schedule,
+        loop = recipe.fit(args, backend, contexts, net, "nag", optimizer_params, schedule,
                           args.num_train_samples, make_loader, loss_fn,
-                          make_evaluate_fn(args, val_set, ctx), reduce_metrics,
+                          make_evaluate_fn(args, val_set, contexts), reduce_metrics,
                           args.num_val_samples, args.model,
                           log_format=GluonCVClassificationLog(loss_fn.metric),
                           on_epoch_end=outputs.on_epoch_end,

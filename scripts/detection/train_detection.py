@@ -45,6 +45,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from gluon_elastic import flags, gluoncv_flags, recipe
+from gluon_elastic.devices import split_and_load
 from gluon_elastic.progress import progress
 
 _DETECTOR_NAME = re.compile(r"^(ssd|yolo3)_.*_(voc|coco|custom)$")
@@ -277,31 +278,31 @@ def make_train_loader(args, train_set, net):
 
 
 # ------------------------------------------------------------------------------------ model
-def build_model(args, classes, ctx):
-    """The detector for ``classes``, initialised with its shapes resolved (not yet hybridized:
-    the training transforms run it imperatively to find anchors and feature maps)."""
+def build_model(args, classes, contexts):
+    """The detector for ``classes``, initialised on every device of ``contexts`` with its shapes
+    resolved (not yet hybridized: the training transforms run it imperatively to find anchors
+    and feature maps)."""
     from gluoncv import model_zoo
 
     net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False)
-    net.initialize(ctx=ctx)
+    net.initialize(ctx=contexts)
     if tuple(net.classes) != tuple(classes):
         # reset_class rebuilds the class predictors on the contexts of the initialised old ones.
         net.reset_class(list(classes))
-        net.collect_params().initialize(ctx=ctx)
+        net.collect_params().initialize(ctx=contexts)
     # Inference mode resolves the shapes of both detectors (YOLOv3's training mode needs targets).
-    net(mx.nd.zeros((1, 3, args.data_shape, args.data_shape), ctx=ctx))
+    net(mx.nd.zeros((1, 3, args.data_shape, args.data_shape), ctx=contexts[0]))
     return net
 
 
-def make_loss_fn(args, ctx):
-    """``loss_fn(net, shard)``: per-image detection loss of one worker's batch."""
+def make_loss_fn(args):
+    """``loss_fn(net, shard)``: per-image detection loss of one device's part of a worker's
+    batch (already on that device)."""
     from gluoncv import loss as gcv_loss
 
     if is_yolo(args):
         def yolo_loss(net, shard):
-            data = shard[0].as_in_context(ctx)
-            targets = [array.as_in_context(ctx) for array in shard[1:6]]
-            gt_boxes = shard[6].as_in_context(ctx)
+            data, targets, gt_boxes = shard[0], shard[1:6], shard[6]
             obj, center, scale, cls = net(data, gt_boxes, *targets)
             return obj + center + scale + cls
         return yolo_loss
@@ -309,18 +310,19 @@ def make_loss_fn(args, ctx):
     multibox = gcv_loss.SSDMultiBoxLoss()
 
     def ssd_loss(net, shard):
-        data, cls_targets, box_targets = (array.as_in_context(ctx) for array in shard)
+        data, cls_targets, box_targets = shard
         cls_preds, box_preds, _ = net(data)
-        # Normalised by this worker's positive anchors (GluonCV), times the worker's batch so that
-        # the trainer's division by the global batch averages over workers.
+        # Normalised by this device's positive anchors (GluonCV), times its batch so that the
+        # trainer's division by the global batch averages over devices and workers.
         sum_loss, _, _ = multibox([cls_preds], [box_preds], [cls_targets], [box_targets])
         return sum_loss[0] * data.shape[0]
     return ssd_loss
 
 
 # ------------------------------------------------------------------------------- evaluation
-def make_evaluate_fn(args, val_set, ctx, batch_size=None):
-    """``evaluate(net, indices)`` -> per-batch numpy predictions and ground truth of those images."""
+def make_evaluate_fn(args, val_set, contexts, batch_size=None):
+    """``evaluate(net, indices)`` -> per-batch numpy predictions and ground truth of those images,
+    each batch split over the devices of ``contexts``."""
     from gluoncv.data.batchify import Pad, Stack, Tuple
     from gluoncv.data.transforms import presets
 
@@ -338,12 +340,13 @@ def make_evaluate_fn(args, val_set, ctx, batch_size=None):
         loader = gluon.data.DataLoader(dataset, batch_sampler=chunks, batchify_fn=batchify,
                                        num_workers=args.num_data_workers)
         records = []
-        for data, label in progress(loader, total=len(chunks), desc="validation"):
-            ids, scores, bboxes = net(data.as_in_context(ctx))
-            label = label.asnumpy()
-            difficult = label[:, :, 5:6] if label.shape[-1] > 5 else None
-            records.append((bboxes.asnumpy(), ids.asnumpy(), scores.asnumpy(), label[:, :, :4],
-                            label[:, :, 4:5], difficult))
+        for batch in progress(loader, total=len(chunks), desc="validation"):
+            for data, label in split_and_load(batch, contexts):
+                ids, scores, bboxes = net(data)
+                label = label.asnumpy()
+                difficult = label[:, :, 5:6] if label.shape[-1] > 5 else None
+                records.append((bboxes.asnumpy(), ids.asnumpy(), scores.asnumpy(),
+                                label[:, :, :4], label[:, :, 4:5], difficult))
         # set_nms cleared the cached graph and inference cached one with the image as only input;
         # YOLOv3 trains with seven inputs, so training must build its graph afresh.
         net.hybridize()
@@ -376,16 +379,16 @@ def make_reduce_fn(args, classes):
 def train(args):
     """Build everything from parsed ``args`` and train; returns the :class:`ElasticLoop`."""
     train_set, val_set = load_data(args)
-    backend, ctx = recipe.prepare(args.parser, args, len(train_set))
+    backend, contexts = recipe.prepare(args.parser, args, len(train_set))
     classes = tuple(train_set.classes)
-    net = build_model(args, classes, ctx)
+    net = build_model(args, classes, contexts)
     make_loader = make_train_loader(args, train_set, net)
     net.hybridize()
     optimizer_params = {"learning_rate": args.lr, "momentum": args.momentum, "wd": args.wd}
-    return recipe.fit(args, backend, ctx, net, "sgd", optimizer_params,
+    return recipe.fit(args, backend, contexts, net, "sgd", optimizer_params,
                       recipe.build_schedule(args.parser, args, len(train_set)), len(train_set),
-                      make_loader, make_loss_fn(args, ctx),
-                      make_evaluate_fn(args, val_set, ctx), make_reduce_fn(args, classes),
+                      make_loader, make_loss_fn(args),
+                      make_evaluate_fn(args, val_set, contexts), make_reduce_fn(args, classes),
                       len(val_set), args.model)
 
 
@@ -433,9 +436,9 @@ def _faster_rcnn_loader(args, train_set, net, loss_fn):
     return make_loader
 
 
-def make_faster_rcnn_evaluate_fn(args, val_set, ctx, net):
+def make_faster_rcnn_evaluate_fn(args, val_set, contexts, net):
     """``evaluate(net, indices)`` for Faster R-CNN as GluonCV validates it: one image at a time
-    through ``FasterRCNNDefaultValTransform``, detections clipped to the image, detections and
+    (the devices of ``contexts`` in turn) through ``FasterRCNNDefaultValTransform``, detections clipped to the image, detections and
     ground truth scaled back to the original resolution."""
     from gluoncv.data.batchify import Append, Tuple
     from gluoncv.data.transforms.presets.rcnn import FasterRCNNDefaultValTransform
@@ -453,9 +456,9 @@ def make_faster_rcnn_evaluate_fn(args, val_set, ctx, net):
                                        batchify_fn=Tuple(Append(), Append(), Append()),
                                        num_workers=args.num_data_workers)
         records = []
-        for (image,), (label,), (scale,) in progress(loader, total=len(indices),
-                                                     desc="validation"):
-            image = image.as_in_context(ctx)
+        for number, ((image,), (label,), (scale,)) in enumerate(
+                progress(loader, total=len(indices), desc="validation")):
+            image = image.as_in_context(contexts[number % len(contexts)])
             ids, scores, bboxes = net(image)
             scale = float(scale.reshape((-1,)).asscalar())
             bboxes = clipper(bboxes, image) * scale
@@ -514,18 +517,18 @@ def train_gluoncv(args):
     # YOLOv3's --num-samples sets the epoch length of the LR schedule, as in GluonCV.
     schedule_samples = (args.num_samples if kind == "yolo3" and args.num_samples > 0
                         else num_train_samples)
-    backend, ctx = recipe.prepare(args.parser, args, num_train_samples)
+    backend, contexts = recipe.prepare(args.parser, args, num_train_samples)
     classes = tuple(train_set.classes)
     if kind == "faster_rcnn":
-        net = gluoncv_detection.build_faster_rcnn(args, classes, ctx)
+        net = gluoncv_detection.build_faster_rcnn(args, classes, contexts)
         # GluonCV's --lr-warmup counts iterations of epoch 0: samples of the starting world.
         args.warmup_epochs = (max(args.lr_warmup, 0) * args.local_batch_size * backend.world_size
                               / num_train_samples)
     else:
-        net = build_model(args, classes, ctx)
+        net = build_model(args, classes, contexts)
     if args.resume:
         try:
-            net.load_parameters(args.resume.strip(), ctx=ctx)
+            net.load_parameters(args.resume.strip(), ctx=contexts)
         except (AssertionError, mx.base.MXNetError, ValueError) as err:
             args.parser.error("--resume %s does not fit %s: %s"
                               % (args.resume, args.model, str(err).splitlines()[0]))
@@ -540,14 +543,14 @@ def train_gluoncv(args):
         make_loader = make_train_loader(args, train_set, net)
     rho = ({"rpn_smoothl1_rho": args.rpn_smoothl1_rho, "rcnn_smoothl1_rho": args.rcnn_smoothl1_rho}
            if kind == "faster_rcnn" else {})
-    loss_fn = gluoncv_detection.DetectionLoss(kind, ctx, **rho)
+    loss_fn = gluoncv_detection.DetectionLoss(kind, **rho)
     if kind == "faster_rcnn":
         make_loader = _faster_rcnn_loader(args, train_set, net, loss_fn)
-        evaluate_all = make_faster_rcnn_evaluate_fn(args, val_set, ctx, net)
+        evaluate_all = make_faster_rcnn_evaluate_fn(args, val_set, contexts, net)
         if not args.disable_hybridization:
             net.hybridize(static_alloc=args.static_alloc)
     else:
-        evaluate_all = make_evaluate_fn(args, val_set, ctx)
+        evaluate_all = make_evaluate_fn(args, val_set, contexts)
         net.hybridize()
     schedule = recipe.build_schedule(args.parser, args, schedule_samples)
     # Everything is checked: from here on files are written.
@@ -602,7 +605,7 @@ def train_gluoncv(args):
             return "started at epoch %d (iteration %d)" % (args.start_epoch, trainer.iteration)
 
         optimizer_params = {"learning_rate": args.lr, "momentum": args.momentum, "wd": args.wd}
-        return recipe.fit(args, backend, ctx, net, "sgd", optimizer_params, schedule,
+        return recipe.fit(args, backend, contexts, net, "sgd", optimizer_params, schedule,
                           num_train_samples, loader, loss_fn, evaluate, reduce,
                           len(val_set), args.model,
                           log_format=GluonCVDetectionLog(

@@ -34,6 +34,7 @@ import numpy as np
 from mxnet import gluon
 
 from gluon_elastic import flags, gluoncv_flags, recipe
+from gluon_elastic.devices import split_and_load
 from gluon_elastic.progress import progress
 
 _SEGMENTATION_NAME = re.compile(r"^(fcn|deeplab)_resnet\d+_(voc|ade)$")
@@ -164,34 +165,40 @@ def make_train_loader(args, train_set):
 
 
 # ------------------------------------------------------------------------------------ model
-def build_model(args, ctx):
-    """The FCN or DeepLabV3, initialised with its shapes resolved, hybridized."""
+def build_model(args, contexts):
+    """The FCN or DeepLabV3, initialised on every device of ``contexts`` with its shapes
+    resolved, hybridized."""
     from gluoncv import model_zoo
 
     net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False, aux=args.aux,
                               base_size=args.base_size, crop_size=args.crop_size)
-    net.initialize(ctx=ctx)
+    net.initialize(ctx=contexts)
     net.hybridize()
-    net.evaluate(mx.nd.zeros((1, 3, args.crop_size, args.crop_size), ctx=ctx))
+    # One forward resolves the deferred shapes; GluonCV initialises the heads on the CPU in the
+    # constructor, so every parameter is then placed on the process's devices.
+    net.evaluate(mx.nd.zeros((1, 3, args.crop_size, args.crop_size), ctx=contexts[0]))
+    net.collect_params().reset_ctx(contexts)
     return net
 
 
-def make_loss_fn(args, ctx):
-    """``loss_fn(net, (image, mask))``: per-image softmax cross-entropy (with the aux head)."""
+def make_loss_fn(args):
+    """``loss_fn(net, (image, mask))``: per-image softmax cross-entropy (with the aux head), on
+    one device's part of a worker's batch (already on that device)."""
     from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 
     loss = MixSoftmaxCrossEntropyLoss(aux=args.aux, aux_weight=args.aux_weight)
 
     def loss_fn(net, shard):
-        data, mask = (array.as_in_context(ctx) for array in shard)
+        data, mask = shard
         outputs = net(data)
         return loss(*outputs, mask)
     return loss_fn
 
 
 # ------------------------------------------------------------------------------- evaluation
-def make_evaluate_fn(args, val_set, ctx, batch_size=None):
-    """``evaluate(net, indices)`` -> ``(correct, labeled, intersection, union)`` pixel counts."""
+def make_evaluate_fn(args, val_set, contexts, batch_size=None):
+    """``evaluate(net, indices)`` -> ``(correct, labeled, intersection, union)`` pixel counts,
+    each batch split over the devices of ``contexts``."""
     from gluoncv.utils.metrics import SegmentationMetric
 
     batch_size = batch_size or args.local_batch_size
@@ -202,9 +209,9 @@ def make_evaluate_fn(args, val_set, ctx, batch_size=None):
         chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
         loader = gluon.data.DataLoader(val_set, batch_sampler=chunks,
                                        num_workers=args.num_data_workers)
-        for data, mask in progress(loader, total=len(chunks), desc="validation"):
-            output = net.evaluate(data.as_in_context(ctx))
-            metric.update(mask, output)
+        for batch in progress(loader, total=len(chunks), desc="validation"):
+            for data, mask in split_and_load(batch, contexts):
+                metric.update(mask, net.evaluate(data))
         return (int(metric.total_correct), int(metric.total_label),
                 np.asarray(metric.total_inter, dtype=np.int64).reshape(-1),
                 np.asarray(metric.total_union, dtype=np.int64).reshape(-1))
@@ -232,13 +239,13 @@ def make_reduce_fn(args):
 def train(args):
     """Build everything from parsed ``args`` and train; returns the :class:`ElasticLoop`."""
     train_set, val_set = load_data(args)
-    backend, ctx = recipe.prepare(args.parser, args, len(train_set))
-    net = build_model(args, ctx)
+    backend, contexts = recipe.prepare(args.parser, args, len(train_set))
+    net = build_model(args, contexts)
     optimizer_params = {"learning_rate": args.lr, "momentum": args.momentum, "wd": args.wd}
-    return recipe.fit(args, backend, ctx, net, "sgd", optimizer_params,
+    return recipe.fit(args, backend, contexts, net, "sgd", optimizer_params,
                       recipe.build_schedule(args.parser, args, len(train_set)), len(train_set),
-                      make_train_loader(args, train_set), make_loss_fn(args, ctx),
-                      make_evaluate_fn(args, val_set, ctx), make_reduce_fn(args),
+                      make_train_loader(args, train_set), make_loss_fn(args),
+                      make_evaluate_fn(args, val_set, contexts), make_reduce_fn(args),
                       len(val_set), args.model)
 
 
@@ -274,23 +281,25 @@ def _check_data_dir(parser, args):
                          % (args.data_dir, args.dataset, ", ".join(missing)))
 
 
-def build_gluoncv_model(args, ctx):
+def build_gluoncv_model(args, contexts):
     """GluonCV's ``get_segmentation_model`` for ``--model``/``--backbone``/``--dataset``
-    (backbone from scratch), initialised or loaded from ``--resume``, shapes resolved."""
+    (backbone from scratch), initialised on every device of ``contexts`` or loaded from
+    ``--resume``, shapes resolved."""
     from gluoncv.model_zoo.segbase import get_segmentation_model
 
     net = get_segmentation_model(model=args.model, dataset=args.gluoncv_dataset,
                                  backbone=args.backbone, pretrained_base=False, aux=args.aux,
                                  base_size=args.base_size, crop_size=args.crop_size)
-    net.initialize(ctx=ctx)
+    net.initialize(ctx=contexts)
     if args.mode == "hybrid":
         net.hybridize()
-    net.evaluate(mx.nd.zeros((1, 3, args.crop_size, args.crop_size), ctx=ctx))
+    net.evaluate(mx.nd.zeros((1, 3, args.crop_size, args.crop_size), ctx=contexts[0]))
+    net.collect_params().reset_ctx(contexts)   # the heads were initialised on the CPU
     if args.dtype != "float32":
         net.cast(args.dtype)
     if args.resume:
         try:
-            net.load_parameters(args.resume, ctx=ctx)
+            net.load_parameters(args.resume, ctx=contexts)
         except (AssertionError, mx.base.MXNetError, ValueError) as err:
             args.parser.error("--resume %s does not fit %s: %s"
                               % (args.resume, args.model_name, str(err).splitlines()[0]))
@@ -311,8 +320,8 @@ def train_gluoncv(args):
 
     train_set, val_set = load_data(args)
     num_train_samples = len(train_set)
-    backend, ctx = recipe.prepare(args.parser, args, num_train_samples)
-    net = build_gluoncv_model(args, ctx)
+    backend, contexts = recipe.prepare(args.parser, args, num_train_samples)
+    net = build_gluoncv_model(args, contexts)
     schedule = recipe.build_schedule(args.parser, args, num_train_samples)
     # Everything is checked: from here on files are written.
     handler = None
@@ -326,7 +335,8 @@ def train_gluoncv(args):
     try:
         log_format = GluonCVSegmentationLog(lambda global_batch_size:
                                             num_train_samples // global_batch_size)
-        evaluate_all = make_evaluate_fn(args, val_set, ctx, batch_size=args.test_batch_size)
+        evaluate_all = make_evaluate_fn(args, val_set, contexts,
+                                        batch_size=args.test_batch_size)
         reduce_all = make_reduce_fn(args)
         if args.eval:
             recipe.logger.info("Evaluating model: %s", args.resume)
@@ -363,9 +373,9 @@ def train_gluoncv(args):
                             "multi_precision": args.dtype == "float16"}
         if args.optimizer == "sgd":
             optimizer_params["momentum"] = args.momentum
-        return recipe.fit(args, backend, ctx, net, args.optimizer, optimizer_params, schedule,
-                          num_train_samples, make_train_loader(args, train_set),
-                          make_loss_fn(args, ctx), evaluate, reduce, len(val_set),
+        return recipe.fit(args, backend, contexts, net, args.optimizer, optimizer_params,
+                          schedule, num_train_samples, make_train_loader(args, train_set),
+                          make_loss_fn(args), evaluate, reduce, len(val_set),
                           args.model_name, log_format=log_format, on_epoch_end=on_epoch_end,
                           on_start=on_start)
     finally:

@@ -66,9 +66,11 @@ def check(rows, world_size, processes):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_emulated_workers_match_the_closed_form(world_size):
-    done = subprocess.run([sys.executable, WORKER, "emulate:%d" % world_size, str(STEPS)],
+@pytest.mark.parametrize("world_size, devices", [(2, 1), (3, 1), (2, 2)])
+def test_emulated_workers_match_the_closed_form(world_size, devices):
+    """2 devices: each virtual worker's G_i is the sum of what its devices add."""
+    done = subprocess.run([sys.executable, WORKER, "emulate:%d@%d" % (world_size, devices),
+                           str(STEPS)],
                           capture_output=True, text=True, timeout=100, cwd=ROOT,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -76,18 +78,22 @@ def test_emulated_workers_match_the_closed_form(world_size):
 
 
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_kvstore_workers_match_the_closed_form(world_size):
-    code, text = run_kvstore_group([sys.executable, WORKER, "dist_sync", str(STEPS)], world_size)
+@pytest.mark.parametrize("world_size, devices", [(2, 1), (3, 1), (2, 2)])
+def test_kvstore_workers_match_the_closed_form(world_size, devices):
+    """2 devices per worker: as for Horovod below, the closed form of one device per worker."""
+    code, text = run_kvstore_group(
+        [sys.executable, WORKER, "dist_sync@%d" % devices, str(STEPS)], world_size)
     assert code == 0, text[-3000:]
     check(json_lines(text, key="rank"), world_size, processes=world_size)
 
 
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_horovod_workers_match_the_closed_form(tmp_path, world_size):
+@pytest.mark.parametrize("world_size, devices", [(2, 1), (3, 1), (2, 2)])
+def test_horovod_workers_match_the_closed_form(tmp_path, world_size, devices):
+    """With 2 devices per worker each device trains one of the worker's 2 samples: the gains
+    and weights are those of one device (the worker's gradient is the sum over its devices)."""
     pytest.importorskip("horovod.mxnet")
-    argv = [sys.executable, WORKER, "horovod", str(STEPS), str(tmp_path)]
+    argv = [sys.executable, WORKER, "horovod@%d" % devices, str(STEPS), str(tmp_path)]
     code, text = run_horovodrun(world_size, argv, 150, str(tmp_path))
     assert code == 0, text[-3000:]
     check(json_lines(text, key="rank"), world_size, processes=world_size)

@@ -167,7 +167,7 @@ def test_published_resnet50_v1b_command_runs_unchanged(rec_dir, tmp_path):
     # GluonCV's own trainer reads the states file written here.
     net = cls.build_model(cls.parse_args(["--model", "resnet50_v1b", "--classes", "1000",
                                           "--input-size", "32", "--last-gamma"]
-                                         + rec_flags(rec_dir)), mx.cpu())
+                                         + rec_flags(rec_dir)), [mx.cpu()])
     net.load_parameters(str(tmp_path / "params_resnet50_v1b" / "imagenet-resnet50_v1b-1.params"))
     trainer = gluon.Trainer(net.collect_params(), "nag", {"momentum": 0.9})
     trainer.load_states(str(tmp_path / "params_resnet50_v1b" / "imagenet-resnet50_v1b-1.states"))
@@ -244,7 +244,7 @@ def test_resume_from_files_of_gluon_trainer(rec_dir, tmp_path):
     epoch 1 with those weights, that momentum and those counters, at iteration 4, progress 16."""
     args = cls.parse_args(["--model", "resnet18_v1b"] + SMALL + rec_flags(rec_dir)
                           + ["--batch-size", "4", "--num-epochs", "2", "--mode", "hybrid"])
-    net = cls.build_model(args, mx.cpu())
+    net = cls.build_model(args, [mx.cpu()])
     trainer = gluon.Trainer(net.collect_params(), "nag", {"learning_rate": 0.1, "momentum": 0.9,
                                                          "wd": 1e-4})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -265,7 +265,7 @@ def test_resume_from_files_of_gluon_trainer(rec_dir, tmp_path):
     args = cls.parse_args(["--model", "resnet18_v1b"] + SMALL + rec_flags(rec_dir)
                           + ["--batch-size", "4", "--num-epochs", "2", "--mode", "hybrid"] + resume)
     # The weights are the file's, bit for bit.
-    resumed_net = cls.build_model(args, mx.cpu())
+    resumed_net = cls.build_model(args, [mx.cpu()])
     resumed_params = resumed_net._collect_params_with_prefix()
     for name, value in mx.nd.load(params_file).items():
         np.testing.assert_array_equal(resumed_params[name].data().asnumpy(), value.asnumpy())
@@ -319,11 +319,11 @@ def test_each_model_family_builds_and_takes_one_step():
     for family in FAMILIES:
         args = cls.parse_args(family + SMALL + ["--synthetic", "--synthetic-samples", "4",
                                                 "--batch-size", "2", "--mode", "hybrid"])
-        net = cls.build_model(args, mx.cpu())
+        net = cls.build_model(args, [mx.cpu()])
         trainer = ElasticTrainer(net.collect_params(), "nag", {"learning_rate": 0.05,
                                                                "momentum": 0.9},
                                  kvstore=LocalBackend("device"), local_batch_size=2)
-        loss_fn = cls.TrainingLoss(args, mx.cpu())
+        loss_fn = cls.TrainingLoss(args)
         weights = {name: p.data().asnumpy() for name, p in net.collect_params().items()
                    if p.grad_req != "null"}
         with mx.autograd.record():

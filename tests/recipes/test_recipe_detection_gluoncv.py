@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import recipe_data
+from gluon_elastic.devices import split_and_load
 from gluon_elastic.recipe_log import parse_gluoncv_log
 
 pytest.importorskip("gluoncv")
@@ -126,7 +127,7 @@ def test_faster_rcnn_defaults_follow_the_dataset_and_name_gluoncvs_model(dataset
     assert args.warmup_lr == pytest.approx(args.lr / 3)
     coco = gluoncv_detection.resolve_args(parser, parser.parse_args(
         ["--dataset", "coco", "--use-fpn", "--norm-layer", "syncbn", "--network", "resnet101_v1d",
-         "--gpus", "0,1"]), "faster_rcnn", det.faster_rcnn_names(), 2)
+         "--gpus", "0,1", "--batch-size", "2"]), "faster_rcnn", det.faster_rcnn_names(), 2)
     assert coco.model == "faster_rcnn_fpn_syncbn_resnet101_v1d_coco"
     custom = gluoncv_detection.resolve_args(parser, parser.parse_args(
         ["--network", "resnet18_v1b", "custom-model", "--image-short", "48,64", "--roi-mode",
@@ -275,15 +276,16 @@ def test_each_detector_family_builds_and_takes_one_step(dataset_root, tmp_path):
         train_set, _ = det.load_data(args)
         classes = tuple(train_set.classes)
         if args.gluoncv == "faster_rcnn":
-            net = gluoncv_detection.build_faster_rcnn(args, classes, mx.cpu())
+            net = gluoncv_detection.build_faster_rcnn(args, classes, [mx.cpu()])
         else:
-            net = det.build_model(args, classes, mx.cpu())
-        loss_fn = gluoncv_detection.DetectionLoss(args.gluoncv, mx.cpu())
+            net = det.build_model(args, classes, [mx.cpu()])
+        loss_fn = gluoncv_detection.DetectionLoss(args.gluoncv)
         make_loader = {"ssd": lambda: det.make_train_loader(args, train_set, net),
                        "yolo3": lambda: det._yolo_loader(args, train_set, net),
                        "faster_rcnn": lambda: det._faster_rcnn_loader(args, train_set, net,
                                                                       loss_fn)}[args.gluoncv]()
-        batch = next(iter(make_loader([[0, 1]], 0)))
+        # The loop hands the loss each device's part, already on the device.
+        batch, = split_and_load(next(iter(make_loader([[0, 1]], 0))), [mx.cpu()])
         trainer = ElasticTrainer(net.collect_params(), "sgd", {"learning_rate": 0.001,
                                                                "momentum": 0.9},
                                  kvstore=LocalBackend("device"), local_batch_size=2)

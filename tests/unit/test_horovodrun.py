@@ -175,7 +175,19 @@ def test_dry_run_prints_the_plan_of_sixteen_hosts_of_eight_gpus(capsys):
                             "train.py"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 128
-    assert lines[0] == "host=node00 rank=0 local_rank=0 device=gpu(0)"
-    assert lines[13] == "host=node01 rank=13 local_rank=5 device=gpu(5)"
-    assert lines[127] == "host=node15 rank=127 local_rank=7 device=gpu(7)"
+    assert lines[0] == "host=node00 rank=0 local_rank=0 devices=gpu(0)"
+    assert lines[13] == "host=node01 rank=13 local_rank=5 devices=gpu(5)"
+    assert lines[127] == "host=node15 rank=127 local_rank=7 devices=gpu(7)"
+
+
+def test_dry_run_prints_the_plan_of_sixteen_hosts_of_two_processes_of_four_gpus(capsys):
+    from gluon_elastic import horovodrun
+    hosts = ",".join("node%02d:2" % h for h in range(16))
+    assert horovodrun.main(["-np", "32", "-H", hosts, "--num-gpus", "4", "--dry-run", "--",
+                            "python", "train.py", "--num-gpus", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 32
+    assert lines[0] == "host=node00 rank=0 local_rank=0 devices=gpu(0),gpu(1),gpu(2),gpu(3)"
+    assert lines[13] == "host=node06 rank=13 local_rank=1 devices=gpu(4),gpu(5),gpu(6),gpu(7)"
+    assert lines[31] == "host=node15 rank=31 local_rank=1 devices=gpu(4),gpu(5),gpu(6),gpu(7)"
 

@@ -179,8 +179,21 @@ def test_process_plan_of_sixteen_hosts_of_eight_gpus():
     assert [e["rank"] for e in plan] == list(range(128))
     assert [(e["host"], e["local_rank"]) for e in plan[7:10]] == [("node00", 7), ("node01", 0),
                                                                   ("node01", 1)]
-    assert all(e["local_size"] == 8 for e in plan)
-    assert format_plan(plan).splitlines()[9] == "host=node01 rank=9 local_rank=1 device=gpu(1)"
+    assert all(e["local_size"] == 8 and e["devices"] == [e["local_rank"]] for e in plan)
+    assert format_plan(plan).splitlines()[9] == "host=node01 rank=9 local_rank=1 devices=gpu(1)"
+
+
+def test_process_plan_of_sixteen_hosts_of_two_processes_of_four_gpus():
+    """Local rank r with N GPUs per process drives gpu(r*N) .. gpu(r*N+N-1)."""
+    from gluon_elastic.launch import format_plan, process_plan
+    plan = process_plan(["node%02d" % h for h in range(16) for _ in range(2)], 4)
+    assert len(plan) == 32
+    assert [(e["host"], e["rank"], e["local_rank"], e["devices"]) for e in plan[1:3]] == [
+        ("node00", 1, 1, [4, 5, 6, 7]), ("node01", 2, 0, [0, 1, 2, 3])]
+    assert sorted(d for e in plan if e["host"] == "node15" for d in e["devices"]) == \
+        list(range(8))
+    assert format_plan(plan).splitlines()[31] == \
+        "host=node15 rank=31 local_rank=1 devices=gpu(4),gpu(5),gpu(6),gpu(7)"
 
 
 def test_launchers_print_the_plan_without_starting_anything(capsys):
@@ -189,16 +202,28 @@ def test_launchers_print_the_plan_without_starting_anything(capsys):
     assert supervisor.main(["-H", hosts, "--dry-run", "--", "python", "train.py"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 128
-    assert lines[0] == "host=node00 rank=0 local_rank=0 device=gpu(0)"
-    assert lines[127] == "host=node15 rank=127 local_rank=7 device=gpu(7)"
+    assert lines[0] == "host=node00 rank=0 local_rank=0 devices=gpu(0)"
+    assert lines[127] == "host=node15 rank=127 local_rank=7 devices=gpu(7)"
+    hosts = ",".join("node%02d:2" % h for h in range(16))
+    assert supervisor.main(["-H", hosts, "--num-gpus", "4", "--dry-run", "--", "python",
+                            "train.py", "--num-gpus", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 32
+    assert lines[0] == "host=node00 rank=0 local_rank=0 devices=gpu(0),gpu(1),gpu(2),gpu(3)"
+    assert lines[3] == "host=node01 rank=3 local_rank=1 devices=gpu(4),gpu(5),gpu(6),gpu(7)"
     assert launch.main(["-n", "3", "--dry-run", "--", "python", "train.py"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "host=localhost rank=%d local_rank=%d device=gpu(%d)" % (i, i, i) for i in range(3)]
+        "host=localhost rank=%d local_rank=%d devices=gpu(%d)" % (i, i, i) for i in range(3)]
+    assert launch.main(["-n", "2", "--num-gpus", "2", "--dry-run", "--", "python",
+                        "train.py"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "host=localhost rank=0 local_rank=0 devices=gpu(0),gpu(1)",
+        "host=localhost rank=1 local_rank=1 devices=gpu(2),gpu(3)"]
 
 
-def test_kvstore_worker_device_follows_its_local_rank(monkeypatch):
-    """recipe.choose_context picks GPU local_rank; the KVStore backend reads it from the
-    launcher's variable (a backend stand-in avoids starting a KVStore group)."""
+def test_kvstore_worker_local_rank_comes_from_the_launcher(monkeypatch):
+    """The KVStore backend reads the local rank the launcher gives each worker (a backend
+    stand-in avoids starting a KVStore group); tests/mx/test_devices.py turns it into devices."""
     from gluon_elastic.backends.kvstore import KVStoreBackend
     monkeypatch.setenv("GLUON_ELASTIC_LOCAL_RANK", "5")
     backend = KVStoreBackend.__new__(KVStoreBackend)   # no store: only local_rank is read

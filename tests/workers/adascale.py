@@ -6,10 +6,14 @@ rank trains its own samples (per-worker batch 2, base batch 2, so the scale is t
 prints, after every step, one JSON line with its rank, world size, step, the gain it applied and
 its weights.
 
-    python tests/workers/adascale.py BACKEND STEPS [MARKER]
+    python tests/workers/adascale.py BACKEND[@DEVICES] STEPS [MARKER]
 
-BACKEND ``emulate:N`` runs N virtual workers in one process (``EmulatedWorkers``). Arguments after
-the second are ignored: a test appends a marker that finds this job's processes.
+BACKEND ``emulate:N`` runs N virtual workers in one process (``EmulatedWorkers``). ``@DEVICES``
+puts the weights of every process on that many CPU contexts (``cpu(0)``, ``cpu(1)``...) and
+splits each worker's batch over them (:func:`gluon_elastic.devices.split_and_load`); real
+workers then alternate ``step()`` with ``allreduce_grads()`` + ``update()``. Every device must
+hold the same weights after each step. Arguments after the second are ignored: a test appends a
+marker that finds this job's processes.
 """
 import json
 import sys
@@ -19,6 +23,7 @@ import numpy as np
 from mxnet import gluon
 
 from gluon_elastic import ElasticTrainer, backends
+from gluon_elastic.devices import split_and_load
 from gluon_elastic.emulate import EmulatedWorkers
 
 LOCAL_BATCH_SIZE, DIM, LR, MOMENTUM = 2, 3, 0.1, 0.9
@@ -32,13 +37,15 @@ def gradients(step, world_size):
 
 
 def main():
-    backend_name, steps = sys.argv[1], int(sys.argv[2])
+    backend_name, _, num_devices = sys.argv[1].partition("@")
+    steps, num_devices = int(sys.argv[2]), int(num_devices or 1)
+    contexts = [mx.cpu(index) for index in range(num_devices)]
     if backend_name.startswith("emulate:"):
         backend = backends.create("device", world_size=int(backend_name.split(":")[1]))
     else:
         backend = backends.create(backend_name)
     weight = gluon.Parameter("w", shape=(DIM,))
-    weight.initialize(mx.init.One())
+    weight.initialize(mx.init.One(), ctx=contexts)
     trainer = ElasticTrainer([weight], "sgd", {"learning_rate": LR, "momentum": MOMENTUM},
                              kvstore=backend, local_batch_size=LOCAL_BATCH_SIZE,
                              base_batch_size=LOCAL_BATCH_SIZE, scaling="adascale")
@@ -50,20 +57,28 @@ def main():
         shards = [mx.nd.array(table[rank]) for rank in ranks]
 
         def loss_fn(_index, shard):
-            return (shard * weight.data().reshape(1, DIM)).sum()
+            # One loss per device, on that device's part of the worker's batch.
+            return [(part * weight.data(part.context).reshape(1, DIM)).sum()
+                    for part, in split_and_load((shard,), contexts)]
 
         if emulated:
             workers.forward_backward(loss_fn, shards, batch_sizes=[LOCAL_BATCH_SIZE] * len(ranks))
             trainer.step(worker_noise=workers.worker_noise)
         else:
             with mx.autograd.record():
-                loss = loss_fn(0, shards[0])
-            loss.backward()
-            trainer.step()
+                losses = loss_fn(0, shards[0])
+            mx.autograd.backward(losses)
+            if num_devices > 1 and step % 2:
+                trainer.allreduce_grads()
+                trainer.update()
+            else:
+                trainer.step()
+        copies = [data.asnumpy() for data in weight.list_data()]
+        assert all((copy == copies[0]).all() for copy in copies), copies
         print(json.dumps({"rank": trainer.rank, "world_size": trainer.world_size, "step": step,
                           "gain": trainer.multiplier, "lr": trainer.optimizer.lr,
                           "schedule_progress": trainer.schedule_progress,
-                          "weight": weight.data().asnumpy().tolist()}), flush=True)
+                          "weight": copies[0].tolist()}), flush=True)
     mx.nd.waitall()
     trainer.backend.barrier()
 
