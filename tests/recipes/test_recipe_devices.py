@@ -104,3 +104,41 @@ def test_detection_two_devices(tmp_path, model):
     for column in range(5):
         joined = np.concatenate([record[column] for record in split])
         np.testing.assert_allclose(joined, single[0][column], rtol=1e-5, atol=1e-5)
+
+
+def test_gluoncv_device_flags_give_the_devices_per_process(capsys):
+    """Detection's --gpus ids and segmentation's --ngpus count the GPUs of each process (the
+    local-rank rule places them); a contradicting --num-gpus, and a Faster R-CNN batch that does
+    not split evenly over the devices, exit 2. A host of 4 GPUs is given to the checks."""
+    from gluon_elastic import gluoncv_detection, gluoncv_segmentation
+
+    det = recipe_data.load_recipe("scripts/detection/train_detection.py")
+    seg = recipe_data.load_recipe("scripts/segmentation/train_segmentation.py")
+
+    def detection(kind, argv):
+        parser = det.build_parser()
+        gluoncv_detection.add_gluoncv_args(parser, kind)
+        names = det.faster_rcnn_names() if kind == "faster_rcnn" else det.model_names()
+        return gluoncv_detection.resolve_args(parser, parser.parse_args(argv), kind, names, 4)
+
+    def segmentation(argv):
+        parser = seg.build_parser()
+        parser._option_string_actions["--dataset"].choices = None  # pylint: disable=protected-access
+        gluoncv_segmentation.add_gluoncv_args(parser)
+        return gluoncv_segmentation.resolve_args(parser, parser.parse_args(argv), 4)
+
+    assert detection("ssd", ["--gpus", "0,1,2"]).num_gpus == 3
+    assert detection("ssd", ["--gpus", ""]).num_gpus == 0          # the CPU, one context
+    assert detection("faster_rcnn", ["--gpus", "0,1", "--batch-size", "4"]).num_gpus == 2
+    assert segmentation(["--ngpus", "2"]).num_gpus == 2
+    assert segmentation([]).num_gpus == 4                            # all of the host's
+    for run, argv, message in (
+            (lambda argv: detection("ssd", argv), ["--gpus", "0,1", "--num-gpus", "3"],
+             "--num-gpus 3 contradicts --gpus 0,1 (2 GPUs per process)"),
+            (lambda argv: detection("faster_rcnn", argv), ["--gpus", "0,1", "--batch-size", "3"],
+             "Faster R-CNN splits the per-worker batch evenly over the devices: batch 3 on 2"),
+            (segmentation, ["--ngpus", "2", "--num-gpus", "1"],
+             "--num-gpus 1 contradicts --ngpus 2")):
+        with pytest.raises(SystemExit) as info:
+            run(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err
