@@ -72,14 +72,18 @@ def add_batch_size_arg(parser, group, default, help):
 
 
 def add_device_batch_args(parser, batch_size=32):
-    """Add GluonCV's ``--batch-size`` (per device) and, unless the parser has it, ``--num-gpus``."""
-    group = parser.add_argument_group("GluonCV devices and batch")
+    """Add GluonCV's ``--batch-size`` (per device).
+
+    ``--num-gpus``, the devices it counts, is the recipes' own flag
+    (:func:`gluon_elastic.recipe.add_run_args`, which the parser must have).
+    """
+    if "--num-gpus" not in parser._option_string_actions:  # pylint: disable=protected-access
+        raise ValueError("add_device_batch_args: add the run flags (recipe.add_run_args) first; "
+                         "--batch-size counts the devices of their --num-gpus")
+    group = parser.add_argument_group("GluonCV batch")
     add_batch_size_arg(parser, group, batch_size,
                        "training batch size per device (CPU/GPU); the per-worker batch is this "
                        "times max(1, --num-gpus) unless --local-batch-size is given")
-    if "--num-gpus" not in parser._option_string_actions:
-        group.add_argument("--num-gpus", type=_flags.non_negative_int, default=0,
-                           help="number of GPUs this process uses; 0: CPU (default: %(default)s)")
     return group
 
 
