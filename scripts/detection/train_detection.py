@@ -264,8 +264,10 @@ def make_train_loader(args, train_set, net):
                                                             std=STD_RGB)
         batchify = Tuple(*([Stack() for _ in range(6)] + [Pad(axis=0, pad_val=-1)]))
     else:
+        # The anchors come out of a training-mode pass, on the model's first device.
+        first_device = next(iter(net.collect_params().values())).list_ctx()[0]
         with autograd.train_mode():
-            _, _, anchors = net(mx.nd.zeros((1, 3, size, size)))
+            _, _, anchors = net(mx.nd.zeros((1, 3, size, size), ctx=first_device))
         transform = presets.ssd.SSDDefaultTrainTransform(size, size, anchors.copyto(mx.cpu()),
                                                          mean=MEAN_RGB, std=STD_RGB)
         batchify = Tuple(Stack(), Stack(), Stack())
