@@ -85,7 +85,14 @@ def resolve_args(parser, args, gpu_count):
         if len(parts) != 3 or parts[2] not in acronyms:
             parser.error("--model-zoo %s: the recipe trains MODEL_BACKBONE_{voc,ade} models"
                          % args.model_zoo)
-        args.model, args.backbone, args.dataset = parts[0], parts[1], acronyms[parts[2]]
+        # As in GluonCV, --model-zoo names the model and --dataset the data; a model made for
+        # other data (its classes) contradicts them.
+        zoo_dataset = acronyms[parts[2]]
+        if DATASETS.get(args.dataset, (None,))[0] != DATASETS[zoo_dataset][0]:
+            parser.error("--model-zoo %s is a model for %s; it contradicts --dataset %s (give "
+                         "--dataset %s)" % (args.model_zoo, zoo_dataset, args.dataset,
+                                            zoo_dataset))
+        args.model, args.backbone = parts[0], parts[1]
     if args.model not in MODELS:
         parser.error("--model %s: the recipe trains %s" % (args.model, ", ".join(MODELS)))
     if args.backbone not in BACKBONES:

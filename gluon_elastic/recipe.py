@@ -186,7 +186,7 @@ def add_run_args(parser, log_interval=20, num_data_workers=4):
 # ------------------------------------------------------------------------------ LR schedule
 def add_schedule_args(parser, lr_mode="cosine", warmup_epochs=0.0, lr_decay_epoch="",
                       warmup_lr=None, lr_power=0.9):
-    """Flags of the base LR schedule (warmup, then step, cosine or poly decay) with recipe defaults.
+    """Flags of the base LR schedule (warmup, then step, linear, cosine or poly decay), recipe defaults.
 
     ``warmup_lr=None`` makes the warmup start at ``lr / 100``; GluonCV's scripts start at 0.
     """

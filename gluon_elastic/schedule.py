@@ -12,7 +12,7 @@ import math
 
 __all__ = ["SCHEDULE_MODES", "Schedule", "epochs"]
 
-SCHEDULE_MODES = ("constant", "step", "cosine", "poly")
+SCHEDULE_MODES = ("constant", "step", "linear", "cosine", "poly")
 
 
 def epochs(count, samples_per_epoch):
@@ -27,16 +27,17 @@ class Schedule:
 
     Parameters
     ----------
-    mode : {'constant', 'step', 'cosine', 'poly'}
-        Shape after warmup. ``step``: ``base_lr * step_factor ** n`` with ``n`` the number of
-        boundaries in ``step_samples`` already reached. ``cosine``: from ``base_lr`` to ``final_lr``
+    mode : {'constant', 'step', 'linear', 'cosine', 'poly'}
+        Shape after warmup (GluonCV's ``LRScheduler`` modes). ``step``: ``base_lr * step_factor **
+        n`` with ``n`` the number of boundaries in ``step_samples`` already reached. ``linear``:
+        from ``base_lr`` to ``final_lr`` in a straight line (``poly`` with power 1). ``cosine``: from ``base_lr`` to ``final_lr``
         along half a cosine between the end of warmup and ``total_samples``. ``poly``:
         ``final_lr + (base_lr - final_lr) * (1 - p) ** power`` with ``p`` the fraction of the
         post-warmup span done.
     base_lr : float
         LR at the base batch size once warmup is over.
     total_samples : int, optional
-        Length of training, required by ``cosine`` and ``poly``.
+        Length of training, required by ``linear``, ``cosine`` and ``poly``.
     warmup_samples : int
         Length of the linear warmup from ``warmup_lr`` to ``base_lr``.
     warmup_lr : float
@@ -48,7 +49,7 @@ class Schedule:
     power : float
         Exponent of ``poly``.
     final_lr : float
-        LR reached at ``total_samples`` by ``cosine`` and ``poly``.
+        LR reached at ``total_samples`` by ``linear``, ``cosine`` and ``poly``.
     """
 
     def __init__(self, mode="constant", base_lr=0.1, total_samples=None, warmup_samples=0,
@@ -61,7 +62,7 @@ class Schedule:
                 raise ValueError("%s must be a number >= 0, got %r" % (name, value))
         if warmup_samples < 0:
             raise ValueError("warmup_samples must be >= 0, got %r" % (warmup_samples,))
-        if mode in ("cosine", "poly"):
+        if mode in ("linear", "cosine", "poly"):
             if total_samples is None or total_samples <= warmup_samples:
                 raise ValueError("total_samples must be given and larger than warmup_samples (%r) "
                                  "for mode %r, got %r" % (warmup_samples, mode, total_samples))
@@ -94,7 +95,8 @@ class Schedule:
         done = min(1.0, (progress - self.warmup_samples) / span)
         if self.mode == "cosine":
             return self.final_lr + (self.base_lr - self.final_lr) * (1 + math.cos(math.pi * done)) / 2
-        return self.final_lr + (self.base_lr - self.final_lr) * (1 - done) ** self.power
+        power = 1.0 if self.mode == "linear" else self.power
+        return self.final_lr + (self.base_lr - self.final_lr) * (1 - done) ** power
 
     def __repr__(self):
         return "Schedule(mode=%r, base_lr=%r, total_samples=%r, warmup_samples=%r)" % (

@@ -88,6 +88,23 @@ def test_pspnet_command_logs_like_gluoncv_saves_and_evaluates(voc_root, tmp_path
     assert metrics == pytest.approx(loop.history[0][1], abs=1e-12)
 
 
+@pytest.mark.timeout(300)
+def test_deeplabv3_from_the_zoo_name_builds_and_trains(voc_root, tmp_path):
+    # FCN and PSPNet train in the tests above and in test_recipe_segmentation.py; DeepLabV3 by
+    # its zoo name: model and backbone from the name, the data from --dataset.
+    save_dir = str(tmp_path / "runs")
+    args = seg.parse_args(["--model-zoo", "deeplab_resnet50_voc", "--epochs", "1", "--no-val"]
+                          + _tiny(voc_root, save_dir))
+    assert (args.model, args.backbone, args.dataset, args.model_name) == (
+        "deeplab", "resnet50", "voc", "deeplab_resnet50_voc")
+    loop = seg.train(args)
+    assert (loop.trainer.iteration, loop.trainer.progress) == (3, 6)
+    assert type(loop.net).__name__ == "DeepLabV3"
+    batches = [r for r in parse_gluoncv_log(open(os.path.join(save_dir, "train.log")).read())
+               if r["kind"] == "batch"]
+    assert len(batches) == 3 and all(0 < r["loss"] < 100 for r in batches)
+
+
 BAD_INPUT = [
     (["--lr", "nan"], "--lr"), (["--momentum", "-1"], "--momentum"),
     (["--weight-decay", "-1"], "--weight-decay"), (["--epochs", "0"], "--epochs"),
@@ -98,7 +115,8 @@ BAD_INPUT = [
     (["--batch-size", "16", "--local-batch-size", "8"], "--local-batch-size 8 (per worker) "
                                                           "contradicts --batch-size 16"),
     (["--model", "icnet"], "--model icnet"), (["--backbone", "resnest50"], "--backbone"),
-    (["--dataset", "citys"], "--dataset citys"), (["--pretrained"], "--pretrained needs"),
+    (["--dataset", "citys"], "--dataset citys"),
+    (["--model-zoo", "fcn_resnet50_ade"], "contradicts --dataset pascal_voc"), (["--pretrained"], "--pretrained needs"),
     (["--save-dir", "{file}"], "--save-dir"), (["--checkpoint-dir", "{file}"], "--checkpoint-dir"),
     (["--resume", "{missing}"], "--resume"), (["--eval"], "--eval evaluates --resume"),
     (["--start_epoch", "5", "--epochs", "5"], "--start_epoch 5"),

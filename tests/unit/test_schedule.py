@@ -46,6 +46,17 @@ def test_poly_closed_form():
     assert schedule(1000) == 0.0
 
 
+def test_linear_closed_form_after_warmup():
+    # GluonCV's 'linear' mode: base_lr * (1 - T / N) over the post-warmup span, here to final_lr.
+    schedule = Schedule("linear", base_lr=0.4, total_samples=1100, warmup_samples=100,
+                        final_lr=0.1)
+    assert schedule(50) == pytest.approx(0.2)
+    assert schedule(100) == pytest.approx(0.4)
+    assert schedule(350) == pytest.approx(0.1 + 0.3 * 0.75)
+    assert schedule(1100) == pytest.approx(0.1)
+    assert schedule(2000) == pytest.approx(0.1)
+
+
 def test_lr_at_an_epoch_does_not_depend_on_the_world():
     # 3 epochs of 4,000 samples reached with 8 workers x 32 or with 2 workers x 32.
     schedule = Schedule("step", base_lr=0.1, step_samples=[epochs(3, 4000)])
@@ -61,6 +72,7 @@ def test_lr_at_an_epoch_does_not_depend_on_the_world():
     ({"warmup_lr": -1.0}, "warmup_lr"),
     ({"mode": "cosine"}, "total_samples"),
     ({"mode": "poly", "total_samples": 10, "warmup_samples": 10}, "total_samples"),
+    ({"mode": "linear"}, "total_samples"),
     ({"warmup_samples": -5}, "warmup_samples"),
     ({"mode": "step", "step_samples": [200, 100]}, "step_samples"),
     ({"mode": "step", "step_factor": 0}, "step_factor"),
