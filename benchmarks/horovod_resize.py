@@ -2,8 +2,10 @@
 
     python benchmarks/horovod_resize.py --repeats 3          # prints a table, writes --out JSON
 
-Each repeat runs one ``horovodrun`` elastic job on this machine: 2 workers, a third joins at
-iteration 3 (schedule-driven discovery), one leaves at iteration 6. The model is GluonCV's
+Each repeat runs one elastic job under the project's launcher (``python -m
+gluon_elastic.horovodrun``, discovery every 0.2 s, rank 0 writing durable commits) on this
+machine: 2 workers, a third joins at iteration 3 (schedule-driven discovery), one leaves at
+iteration 6. The model is GluonCV's
 ``resnet50_v1b`` (25.6 M parameters, BatchNorm statistics included; momentum SGD, so the state is
 about 204 MB of float32) on 32x32 inputs, batch 2 per worker, so a step stays short on 2 cores.
 
@@ -12,7 +14,9 @@ new host list):
 
 - detection: until ``check_host_updates`` raises (driver polling, notification, agreement);
 - re-rendezvous: Horovod shutdown and re-initialisation on the new world;
-- state broadcast: ``ElasticState.sync`` (parameters, momentum, counters);
+- state broadcast: ``ElasticState.sync`` (the full state when a rank needs it, a joiner; after a
+  shrink only the BatchNorm statistics and the counters);
+- pause: re-rendezvous and sync, the time the survivors' progress stands still beyond a step;
 - first step: the first optimizer step at the new size.
 
 For the joining worker: process start to MXNet/Horovod imported, Horovod initialisation (the
@@ -20,8 +24,23 @@ rendezvous with the survivors), the state broadcast, and its first step. The flo
 a Gloo initialisation (the initial ``hvd.init`` of a worker) plus the broadcast of the state's bytes
 at the loopback bandwidth measured here with one TCP stream.
 
-The commit cost is ``ElasticState.commit`` time as a share of the time of the steps between two
-commits at the default ``--commit-interval`` (20).
+Commit cost (``--commit-cost``): a fixed world of 2 workers under the project's launcher (rank 0
+writes durable checkpoints), for ``resnet50_v1b`` and for a short step, ``resnet18_v1b`` (both on
+32x32 inputs, batch 2 per worker). Steps are not followed by an engine flush (the state waits for
+each step's own writes at its check). Measured:
+
+- paired blocks of ``BLOCK_STEPS`` steps, without a commit and with one commit at the first step,
+  alternating (durable writes left out); the cost of a commit is the median of the paired
+  differences of block time; beside it the foreground time of ``commit()`` once the step's own
+  writes are done (queueing the copies, the callbacks) and the engine time of the copies
+  (measured alone at construction);
+- a durable write of a commit (serialisation, checksum, write, fsync) by rank 0: wall and CPU time;
+- the policy: ``COMMIT_POLICY_STEPS`` steps with the default ``CommitPolicy`` deciding alone
+  (commits, and which of them rank 0 writes durably);
+- beside them, the commit as it was before (a synchronous ``state_dict()`` and its pickling).
+
+The share of training time is what the policy's commits and durable writes cost (their measured
+costs, the write's CPU time) over the time of its steps.
 
 Across hosts (``--namespace-hosts``, as root): the job runs under the project's launcher
 (``python -m gluon_elastic.horovodrun``) with every worker on a network-namespace host of
@@ -47,6 +66,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 SCHEDULE = "0:2;3:3;6:2"
 DEFAULT_COMMIT_INTERVAL = 20
+BLOCK_STEPS = 8
+COMMIT_PAIRS = 6
+COMMIT_POLICY_STEPS = 120
+COMMIT_MODELS = ("resnet50_v1b", "resnet18_v1b")
 
 
 def worker(args):
@@ -133,6 +156,189 @@ def worker(args):
     train(state)
 
 
+def commit_worker(args):
+    """Commit cost of one model in a fixed world (see the module docstring); rank 0 records."""
+    import pickle
+
+    import mxnet as mx
+    from mxnet import autograd, gluon
+    from gluoncv.model_zoo import get_model
+
+    from gluon_elastic import ElasticTrainer, backends
+    from gluon_elastic.run import run
+    from gluon_elastic.state import CommitPolicy, ElasticState
+
+    backend = backends.create("horovod")
+    mx.random.seed(0)
+    net = get_model(args.commit_cost, pretrained=False, pretrained_base=False)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    trainer = ElasticTrainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9},
+                             kvstore=backend, local_batch_size=2)
+    off = CommitPolicy(None, None, None)
+    state = ElasticState(net, trainer, None, commit_policy=off)
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    data = mx.nd.random.uniform(shape=(2, 3, 32, 32))
+    label = mx.nd.array([1, 2])
+    records = {"model": args.commit_cost, "copy_seconds": state.copy_seconds,
+               "snapshot_bytes": state._snapshot.num_bytes,  # pylint: disable=protected-access
+               "plain": [], "with_commit": [], "foreground": [], "durable_wall": [],
+               "durable_cpu": [], "policy_commits": [], "before": []}
+
+    def one_step():
+        with autograd.record():
+            loss = loss_fn(net(data), label)
+        loss.backward()
+        trainer.step()
+
+    @run
+    def train(state):
+        # The launcher's durable writer is a commit callback of rank 0 (gluon_elastic.run); the
+        # paired blocks measure the commit alone, its writes are measured on their own.
+        callbacks = state._commit_callbacks  # pylint: disable=protected-access
+        durable = next((c for c in callbacks if hasattr(c, "manager")), None)
+        if durable is not None:
+            callbacks.remove(durable)
+        for _ in range(3):
+            one_step()
+            state.check_host_updates()
+        mx.nd.waitall()
+        for pair in range(2 * COMMIT_PAIRS):
+            with_commit = pair % 2 == 1
+            tic = time.perf_counter()
+            for index in range(BLOCK_STEPS):
+                one_step()
+                if with_commit and index == 0:
+                    state.commit()
+                    records["foreground"].append(state.last_commit_seconds)
+                else:
+                    state.check_host_updates()
+            mx.nd.waitall()
+            records["with_commit" if with_commit else "plain"].append(time.perf_counter() - tic)
+        if durable is not None:
+            for _ in range(3 if trainer.rank == 0 else 0):  # rank 0 is the one writer
+                durable.manager.save(state.committed_state, step=trainer.iteration)
+                records["durable_wall"].append(durable.manager.last_write_seconds)
+                records["durable_cpu"].append(durable.manager.last_write_cpu_seconds)
+            callbacks.append(durable)
+            durable.last = (time.monotonic(), trainer.iteration)
+            writes_before = durable.written
+        state.commit_policy = CommitPolicy()
+        count, tic = state.commit_count, time.perf_counter()
+        for _ in range(COMMIT_POLICY_STEPS):
+            one_step()
+            before = state.commit_count
+            state.check_host_updates()
+            if state.commit_count > before:
+                records["policy_commits"].append(trainer.iteration)
+        mx.nd.waitall()
+        records["policy_seconds"] = time.perf_counter() - tic
+        records["policy_steps"] = COMMIT_POLICY_STEPS
+        records["commit_cost_estimate"] = state.commit_cost
+        assert state.commit_count - count == len(records["policy_commits"])
+        state.commit_policy = off
+        if durable is not None:
+            durable.wait()
+            records["policy_durable_writes"] = durable.written - writes_before
+        if trainer.rank == 0:
+            for _ in range(3):  # the commit as it was: plain values, then pickled by the writer
+                tic = time.perf_counter()
+                pickle.dumps(state.state_dict(), protocol=5)
+                records["before"].append(time.perf_counter() - tic)
+            with open(os.path.join(args.log_dir, "commit_cost.json"), "w") as fout:
+                json.dump(records, fout)
+
+    train(state)
+
+
+def run_commit_job(log_dir, model, timeout):
+    """A fixed world of 2 under the project's launcher measuring ``model``'s commit cost."""
+    command = [sys.executable, "-m", "gluon_elastic.horovodrun", "-np", "2", "-H", "localhost:2",
+               "--network-interface", "lo", "--checkpoint-dir",
+               os.path.join(log_dir, "checkpoints"), "--",
+               sys.executable, os.path.abspath(__file__), "--worker", "--log-dir", log_dir,
+               "--commit-cost", model]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HOROVOD_GLOO_TIMEOUT_SECONDS="120",
+               MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0", PYTHONPATH=ROOT)
+    with open(os.path.join(log_dir, "output.txt"), "w") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+    if proc.returncode != 0:
+        with open(os.path.join(log_dir, "output.txt"), errors="replace") as fin:
+            tail = fin.read()[-4000:]
+        raise RuntimeError("commit-cost job failed (exit %s):\n%s" % (proc.returncode, tail))
+    with open(os.path.join(log_dir, "commit_cost.json")) as fin:
+        return json.load(fin)
+
+
+def commit_figures(records):
+    """Cost of a commit and of a durable write, the policy's choices, the share of training time."""
+    step = median([t / BLOCK_STEPS for t in records["plain"]])
+    cost = median([b - a for a, b in zip(records["plain"], records["with_commit"])])
+    commits = records["policy_commits"]
+    writes = records.get("policy_durable_writes", 0)
+    durable_cpu = median(records["durable_cpu"]) if records["durable_cpu"] else 0.0
+    foreground = median(records["foreground"])
+    # The policy in a long run, from the measured parts (CommitPolicy's defaults): a commit
+    # (foreground + copies) every time it fits in half of 1 %, capped at 100 steps and 60 s; a
+    # durable write when its CPU time fits in the other half, at most once per commit.
+    commit_cost = foreground + records["copy_seconds"]
+    commit_every = min(60.0, 100 * step, max(2 * commit_cost / 0.01, step))
+    durable_every = max(2 * durable_cpu / 0.01, commit_every)
+    share = commit_cost / commit_every + durable_cpu / durable_every
+    return {"model": records["model"], "snapshot_mb": records["snapshot_bytes"] / 1e6,
+            "step": step, "commit_paired": cost, "foreground": foreground,
+            "foreground_max": max(records["foreground"]), "copy": records["copy_seconds"],
+            "durable_wall": median(records["durable_wall"]) if records["durable_wall"] else 0.0,
+            "durable_cpu": durable_cpu, "policy_seconds": records["policy_seconds"],
+            "policy_steps": records["policy_steps"], "policy_commits": len(commits),
+            "policy_durable_writes": writes,
+            "policy_step": records["policy_seconds"] / records["policy_steps"],
+            "commit_every": commit_every, "durable_every": durable_every, "share": share,
+            "before": median(records["before"]),
+            "before_share_at_20": median(records["before"]) / (DEFAULT_COMMIT_INTERVAL * step)}
+
+
+def measure_commit_cost(args):
+    """Run the commit-cost job ``args.repeats`` times per model; print and write the figures."""
+    results = {}
+    models = COMMIT_MODELS if args.commit_cost == "all" else (args.commit_cost,)
+    for model in models:
+        for repeat in range(args.repeats):
+            load = os.getloadavg()[0]
+            with tempfile.TemporaryDirectory(prefix="hvd_commit_") as log_dir:
+                figures = commit_figures(run_commit_job(log_dir, model, args.timeout))
+            figures["load"] = (load, os.getloadavg()[0])
+            results.setdefault(model, []).append(figures)
+            print("%s repeat %d: %s" % (model, repeat + 1, json.dumps(figures)), flush=True)
+    for model, runs in results.items():
+        def med(key):
+            return median([r[key] for r in runs])
+        print("%s (%.0f MB snapshot, median of %d, load %.1f-%.1f): step %.3f s; commit %.4f s "
+              "(foreground %.4f s, max %.4f s; copies %.4f s); durable write %.3f s (CPU %.3f s); "
+              "policy: %.0f commits and %.0f durable writes in %.0f steps (%.0f s, step %.3f s); "
+              "in a long run a commit every %.0f s and a durable write every %.0f s -> %.2f %% of "
+              "training time; before: %.3f s per commit = %.1f %% at 20 steps"
+              % (model, runs[0]["snapshot_mb"], len(runs),
+                 min(min(r["load"]) for r in runs), max(max(r["load"]) for r in runs),
+                 med("step"), med("commit_paired"), med("foreground"),
+                 max(r["foreground_max"] for r in runs), med("copy"), med("durable_wall"),
+                 med("durable_cpu"), med("policy_commits"), med("policy_durable_writes"),
+                 med("policy_steps"), med("policy_seconds"), med("policy_step"),
+                 med("commit_every"), med("durable_every"), 100 * med("share"), med("before"),
+                 100 * med("before_share_at_20")))
+    if args.out:
+        with open(args.out, "w") as fout:
+            json.dump(results, fout, indent=1)
+    return results
+
+
 def loopback_bandwidth(num_bytes=256 << 20, chunk=4 << 20):
     """Bytes per second of one TCP stream over loopback."""
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -179,17 +385,12 @@ def run_job(log_dir, steps, timeout, cluster=None):
         h1, h2, h3 = cluster.hosts[:3]
         schedule = "0:%s:1,%s:1;3:%s:1,%s:1,%s:1;6:%s:1,%s:1" % (h1, h2, h1, h2, h3, h1, h3)
     script = discovery.write_script(os.path.join(log_dir, "discover.sh"), schedule, progress_file)
-    if cluster is None:
-        command = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "--gloo",
-                   "-np", "2", "--min-np", "1", "--max-np", "3", "--host-discovery-script",
-                   script, "--network-interface", "lo"] + worker
-    else:
-        command = [sys.executable, "-m", "gluon_elastic.horovodrun", "-np", "2", "--min-np", "1",
-                   "--max-np", "3", "--host-discovery-script", script, "--network-interface",
-                   cluster.interface, "--checkpoint-dir", os.path.join(log_dir, "checkpoints"),
-                   "--"] + worker
+    command = [sys.executable, "-m", "gluon_elastic.horovodrun", "-np", "2", "--min-np", "1",
+               "--max-np", "3", "--host-discovery-script", script, "--network-interface",
+               "lo" if cluster is None else cluster.interface,
+               "--checkpoint-dir", os.path.join(log_dir, "checkpoints"), "--"] + worker
     env = dict(os.environ, OMP_NUM_THREADS="1", HOROVOD_GLOO_TIMEOUT_SECONDS="120",
-               MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
+               MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0", PYTHONPATH=ROOT)
     if cluster is not None:
         env = cluster.env(dict(env, PYTHONPATH=ROOT))
     with open(os.path.join(log_dir, "output.txt"), "w") as out:
@@ -239,6 +440,7 @@ def phases(records):
             for name, value in (("detection", rec["time"] - change),
                                 ("re-rendezvous", reset["time"] - rec["time"]),
                                 ("state broadcast", synced["time"] - reset["time"]),
+                                ("pause (re-rendezvous + sync)", synced["time"] - rec["time"]),
                                 ("first step", step["time"] - synced["time"]),
                                 ("total", step["time"] - change)):
                 result[kind].setdefault(name, []).append(value)
@@ -275,10 +477,18 @@ def main(argv=None):
                         help="run every worker on a network-namespace host over ssh (root)")
     parser.add_argument("--link-rate", default=None, help="shaped link rate, e.g. 10gbit")
     parser.add_argument("--link-delay", default=None, help="shaped link delay, e.g. 0.1ms")
+    parser.add_argument("--commit-cost", nargs="?", const="all", default=None,
+                        help="measure the commit cost (of %s) instead of resizes"
+                             % " and ".join(COMMIT_MODELS))
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args)
+        if args.commit_cost:
+            commit_worker(args)
+        else:
+            worker(args)
         return
+    if args.commit_cost:
+        return measure_commit_cost(args)
     if not args.namespace_hosts:
         return measure(args, median([loopback_bandwidth() for _ in range(3)]))
     sys.path.insert(0, os.path.join(ROOT, "tests"))

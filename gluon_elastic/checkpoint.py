@@ -146,6 +146,7 @@ class CheckpointManager:
         self._thread = None
         self._error = None
         self.last_write_seconds = 0.0   # checksum, write, fsync, rename and prune of the last save
+        self.last_write_cpu_seconds = 0.0   # CPU time of the writing thread in that save
         self.total_write_seconds = 0.0
         os.makedirs(self.directory, exist_ok=True)
 
@@ -169,9 +170,13 @@ class CheckpointManager:
 
         Parameters
         ----------
-        state : dict
+        state : dict or callable
             Picklable state; it is serialised before this call returns, so the caller may go on
-            changing its arrays.
+            changing its arrays. Or a callable returning a context manager that yields the
+            state: it is entered by the writer (in the background thread when ``blocking`` is
+            False), which serialises the state before leaving it, so serialisation happens off
+            the caller's thread while the context guards the arrays
+            (:meth:`gluon_elastic.state.ElasticState.committed_state`).
         step : int
             Step number (the trainer's iteration), the order of checkpoints.
         blocking : bool
@@ -184,7 +189,7 @@ class CheckpointManager:
             The file name.
         """
         path = self.path(step)
-        payload = pickle.dumps(state, protocol=5)
+        payload = state if callable(state) else pickle.dumps(state, protocol=5)
         self.wait()
         if blocking:
             self._write(path, payload)
@@ -201,10 +206,14 @@ class CheckpointManager:
             self._error = err
 
     def _write(self, path, payload):
-        tic = time.monotonic()
+        tic, cpu_tic = time.monotonic(), time.thread_time()
+        if callable(payload):
+            with payload() as state:
+                payload = pickle.dumps(state, protocol=5)
         _write_payload(path, payload)
         self.prune()
         self.last_write_seconds = time.monotonic() - tic
+        self.last_write_cpu_seconds = time.thread_time() - cpu_tic
         self.total_write_seconds += self.last_write_seconds
 
     @property

@@ -61,10 +61,17 @@ What MXNet needs around Horovod, handled here:
   asks the registering one after a change announced as removing slots, and a change that adds
   and removes at once must be announced as two changes.
 - **Durable commits.** With ``GLUON_ELASTIC_CHECKPOINT_DIR`` set (the launcher sets it), rank 0
-  writes every commit to a :class:`gluon_elastic.checkpoint.CheckpointManager` (serialised at the
-  commit, written in the background), and rank 0 of a fresh launch loads the newest one before
-  its first sync: a relaunch after the driver died or after no worker of the previous world
-  survived loses only the steps since the last commit.
+  writes commits to a :class:`gluon_elastic.checkpoint.CheckpointManager`, serialised and
+  written in a background thread from the commit's host buffers
+  (:meth:`gluon_elastic.state.ElasticState.committed_state`), and rank 0 of a fresh launch loads
+  the newest one before its first sync: a relaunch after the driver died or after no worker of
+  the previous world survived loses only the steps since the last durable commit. Which commits
+  are written follows the state's :class:`gluon_elastic.state.CommitPolicy`: a commit is written
+  when the CPU time of the last write is within half of its ``max_overhead`` of the time since
+  that write started, and never while it is still going (no step or time cap: a durable write
+  of a large model costs tens of commits, and it only matters when the driver or every worker
+  of a world is lost); with ``max_overhead=None`` every commit is written (the next one waits
+  for the previous write). The last commit of a job that finishes is always written.
 
 On backends that are not elastic in place (KVStore: restart elasticity), on the local backend
 and under plain ``horovodrun -np N``, the wrapper syncs once and calls ``func(state)`` once.
@@ -81,7 +88,7 @@ import mxnet as mx
 
 from .checkpoint import CheckpointManager
 from .restart import ENV, NEXT_ASSIGNMENT_SCOPE
-from .state import HOSTS_REMOVED
+from .state import HOSTS_REMOVED, CommitPolicy
 
 __all__ = ["run", "HorovodInternalError", "HostsUpdatedInterrupt", "is_horovod_error",
            "ask_rank_and_size", "ask_next_assignment"]
@@ -215,6 +222,9 @@ class _DurableCommits:
     def __init__(self, state, directory):
         self.state = state
         self.manager = CheckpointManager(directory)
+        self.last = None   # (time.monotonic(), iteration) of the last write started
+        self.written = 0
+        self.skipped = 0
 
     def resume(self):
         """Load the newest checkpoint into rank 0's state (the first sync spreads it)."""
@@ -230,13 +240,32 @@ class _DurableCommits:
         logger.info("resumed from %s (iteration %d)", loaded.path, self.state.trainer.iteration)
 
     def __call__(self, state):
-        if state.trainer.rank == 0:
-            self.manager.save(dict(state.saved_state_dict, generation=state.generation),
-                              step=state.trainer.iteration, blocking=False)
+        if state.trainer.rank != 0:
+            return
+        iteration, policy = state.trainer.iteration, state.commit_policy
+        if self.last is not None and policy.max_overhead is not None:
+            since, last_iteration = self.last
+            if self.manager.writing or not CommitPolicy(policy.max_overhead, None, None).due(
+                    iteration - last_iteration, time.monotonic() - since,
+                    self.manager.last_write_cpu_seconds):
+                self.skipped += 1
+                return
+        self.last = (time.monotonic(), iteration)
+        self.written += 1
+        self.manager.save(state.committed_state, step=iteration, blocking=False)
 
     def wait(self):
-        """Wait until the last commit is on disk."""
+        """Wait until the last write started is on disk."""
         self.manager.wait()
+
+    def flush(self):
+        """Write the last commit if the policy left it out (the end of a job), and wait."""
+        self.manager.wait()
+        if self.state.trainer.rank == 0 and (self.last is None
+                                             or self.last[1] != self.state.committed_iteration):
+            self.last = (time.monotonic(), self.state.committed_iteration)
+            self.written += 1
+            self.manager.save(self.state.committed_state, step=self.state.committed_iteration)
 
 
 def _finish(backend):
@@ -321,5 +350,7 @@ def _run_elastic(func, state, backend, args, kwargs):
         notification_manager.remove_listener(state)
         if durable is not None:
             durable.wait()
+    if durable is not None:
+        durable.flush()  # the job's last commit is durable, whatever the policy skipped
     hvd.shutdown()
     return result

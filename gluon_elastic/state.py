@@ -11,30 +11,45 @@ plain user values given as keyword arguments (``state.epoch``, ``state.batch``..
 It is a :class:`horovod.common.elastic.State`: the queue of membership notifications, their
 agreement across ranks and the reset callbacks are Horovod's. What MXNet needs is here:
 
-- :meth:`save` copies all of it to host memory; :meth:`commit` saves, calls the commit callbacks
-  (e.g. the durable checkpoint writer), then checks for membership changes. Commits cost a
-  device-to-host copy of the model and its momentum: commit every few steps, not every step; the
-  work since the last commit is what a failure costs.
+- :meth:`save` snapshots all of it into preallocated host buffers without stalling the step: it
+  waits only for the last step's own writes (so a failed collective is reported here, before
+  anything is copied), then queues the copies on MXNet's engine and returns. The engine orders
+  them with the steps: the next step's update of a parameter waits for the copy that reads it,
+  never the Python thread. The copies are waited for when something reads the commit: a
+  restore, or :meth:`committed_state` (the durable writer, in its own thread). :meth:`commit`
+  saves, calls the commit callbacks (e.g. the durable checkpoint writer, which serialises and
+  writes in the background), then checks for membership changes.
+- **When to commit.** Besides the commits a loop asks for, :meth:`check_host_updates` commits when
+  the :class:`CommitPolicy` says one is due: as often as the measured cost of a commit (its
+  foreground time and the engine time of its copies) stays within half of ``max_overhead`` of
+  the training time (the other half is for the durable checkpoints written from commits, see
+  :mod:`gluon_elastic.run`), and at least every ``max_steps`` steps (100) and every
+  ``max_seconds`` seconds (60). Rank 0 decides, and its answer travels in the broadcast that
+  the check makes anyway, so every rank commits at the same step.
 - :meth:`restore` puts the last commit back (after a failed collective).
 - :meth:`sync` broadcasts rank 0's live state to every rank through the trainer's backend, so a
   joining worker starts from exactly what the others hold. The trainer then compares the world it
   was committed in with the current one and starts the configured transition (Dynamic SGD ramp).
-- :meth:`check_host_updates` flushes MXNet's engine first (a broadcast must not overlap Horovod ops
-  still queued) and then runs Horovod's check, whose agreement is one fixed-shape broadcast of
-  rank 0's view; it raises :class:`horovod.common.exceptions.HostsUpdatedInterrupt` on every rank
-  at the same call. On backends without an elastic driver it never raises and costs nothing.
+- :meth:`check_host_updates` waits for the last step's writes first (a broadcast must not overlap
+  Horovod ops still queued; the snapshot copies, being reads, are not waited for) and then runs
+  Horovod's check, whose agreement is one fixed-shape broadcast of rank 0's view (and of its
+  commit decision); it raises :class:`horovod.common.exceptions.HostsUpdatedInterrupt` on every
+  rank at the same call. On backends without an elastic driver it never raises and costs nothing.
 - :meth:`state_dict` / :meth:`load_state_dict` give the same content as plain values, the format
   saved by checkpoints (KVStore restarts, the durable commits of elastic Horovod).
 """
+import contextlib
 import copy
 import logging
+import threading
+import time
 
 import mxnet as mx
 import numpy as np
 from horovod.common.elastic import State
 from horovod.common.exceptions import HostsUpdatedInterrupt
 
-__all__ = ["ElasticState", "STATE_FORMAT", "STATE_VERSION"]
+__all__ = ["ElasticState", "CommitPolicy", "STATE_FORMAT", "STATE_VERSION"]
 
 logger = logging.getLogger("gluon_elastic")
 
@@ -62,6 +77,116 @@ def _collect_params(net_or_params):
     return params
 
 
+class CommitPolicy:
+    """When a commit is due: as often as its cost allows, and never too rarely.
+
+    Parameters
+    ----------
+    max_overhead : float or None
+        Largest share of the training time that commits may take (0.01: 1 %), half for the
+        commits themselves and half for the durable checkpoints written from them: a commit is
+        due once the time since the last one is at least twice its cost divided by this. None:
+        only the caps (and every commit is made durable).
+    max_steps : int or None
+        A commit is due at the latest this many steps after the last one.
+    max_seconds : float or None
+        A commit is due at the latest this many seconds after the last one.
+    """
+
+    def __init__(self, max_overhead=0.01, max_steps=100, max_seconds=60.0):
+        if max_overhead is not None and not 0 < max_overhead <= 1:
+            raise ValueError("max_overhead must be in (0, 1] or None, got %r" % (max_overhead,))
+        for name, value in (("max_steps", max_steps), ("max_seconds", max_seconds)):
+            if value is not None and not value > 0:
+                raise ValueError("%s must be > 0 or None, got %r" % (name, value))
+        self.max_overhead = max_overhead
+        self.max_steps = max_steps
+        self.max_seconds = max_seconds
+
+    def due(self, steps, seconds, cost):
+        """Whether to commit ``steps`` steps and ``seconds`` seconds after the last commit.
+
+        Parameters
+        ----------
+        steps : int
+            Optimizer steps since the last commit (none: never due).
+        seconds : float
+            Wall time since the last commit.
+        cost : float
+            Seconds of training time one commit (or one durable write) takes; it gets half of
+            ``max_overhead``.
+        """
+        if steps <= 0:
+            return False
+        if self.max_steps is not None and steps >= self.max_steps:
+            return True
+        if self.max_seconds is not None and seconds >= self.max_seconds:
+            return True
+        return self.max_overhead is not None and 2 * cost <= self.max_overhead * seconds
+
+    def __repr__(self):
+        return "CommitPolicy(max_overhead=%r, max_steps=%r, max_seconds=%r)" % (
+            self.max_overhead, self.max_steps, self.max_seconds)
+
+
+def _flatten(state, into):
+    """The NDArrays of an optimizer state (an array, a tuple/list of them, or None), in order."""
+    if isinstance(state, mx.nd.NDArray):
+        into.append(state)
+    elif isinstance(state, (tuple, list)):
+        for part in state:
+            _flatten(part, into)
+    return into
+
+
+def _substitute(state, arrays):
+    """``state`` with each of its NDArrays replaced by the next of the iterator ``arrays``."""
+    if isinstance(state, mx.nd.NDArray):
+        return next(arrays)
+    if isinstance(state, (tuple, list)):
+        return type(state)(_substitute(part, arrays) for part in state)
+    return state
+
+
+class _Snapshot:
+    """Host copies of the tracked arrays, written by copies queued on MXNet's engine.
+
+    Each buffer is a numpy array and an NDArray sharing its memory (``mx.nd.from_numpy`` without
+    a copy): the engine writes it in order with the steps, and a reader in another thread reads
+    the numpy array once the NDArray's pending writes are done. ``lock`` is held by a reader for
+    as long as it reads, and by a commit while it queues new copies, so a reader never sees a
+    half-overwritten commit. The buffers are reallocated only when the shapes change.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.host = []
+        self.buffers = []
+        self.num_params = 0
+        self.iteration = None    # the trainer's iteration at the commit
+        self.states = None       # the first device's optimizer states, buffers in place of arrays
+        self.optimizer = None    # the trainer's portable optimizer of the commit
+        self.values = None       # the small values of the commit (counters, elastic, sampler...)
+
+    def copy_from(self, sources):
+        """Queue ``source.copyto(buffer)`` for every source array (caller holds ``lock``)."""
+        layout = [(tuple(a.shape), np.dtype(a.dtype)) for a in sources]
+        if layout != [(h.shape, h.dtype) for h in self.host]:
+            self.host = [np.empty(shape, dtype=dtype) for shape, dtype in layout]
+            self.buffers = [mx.nd.from_numpy(h, zero_copy=True) for h in self.host]
+        for source, buffer in zip(sources, self.buffers):
+            source.copyto(buffer)
+
+    def wait(self):
+        """Wait until every queued copy has landed (caller holds ``lock``)."""
+        for buffer in self.buffers:
+            buffer.wait_to_read()
+
+    @property
+    def num_bytes(self):
+        return sum(h.nbytes for h in self.host)
+
+
 class ElasticState(State):
     """Commit/restore/sync of a Gluon model, its ElasticTrainer, a sampler and user values.
 
@@ -74,6 +199,10 @@ class ElasticState(State):
         Its backend carries the broadcasts of :meth:`sync`.
     sampler : gluon_elastic.data.ElasticSampler, optional
         Its ``{epoch, processed}`` position is committed and broadcast.
+    commit_policy : CommitPolicy, optional
+        When :meth:`check_host_updates` commits on its own (default ``CommitPolicy()``: within
+        1 % of the training time, at least every 100 steps and 60 s); ``CommitPolicy(None, None,
+        None)`` leaves every commit to the loop.
     **user_values
         Plain Python values (picklable) exposed as attributes, e.g. ``epoch=0, batch=0``.
 
@@ -84,9 +213,17 @@ class ElasticState(State):
     last_host_update : int
         Combined kind of the last membership change acted upon (Horovod's ``HostUpdateResult``
         bits: 1 slots removed, 2 slots added).
+    commit_count : int
+        Commits taken since construction.
+    last_commit_seconds : float
+        Foreground time of the last commit once the step's own writes were done: queueing the
+        copies, capturing the small values, the commit callbacks.
+    copy_seconds : float
+        Engine time of the snapshot's copies, measured once at construction (they run beside
+        the next step, on the engine's threads).
     """
 
-    def __init__(self, net_or_params, trainer, sampler=None, **user_values):
+    def __init__(self, net_or_params, trainer, sampler=None, commit_policy=None, **user_values):
         self._user_names = list(user_values)
         self.generation = 0
         clash = _RESERVED.intersection(user_values)
@@ -99,14 +236,30 @@ class ElasticState(State):
                                  "creating the ElasticState" % param.name)
         self.trainer = trainer
         self.sampler = sampler
+        self.commit_policy = commit_policy if commit_policy is not None else CommitPolicy()
         for name, value in user_values.items():
             setattr(self, name, value)
         super().__init__(bcast_object=self._broadcast_host_view, get_rank=lambda: trainer.rank)
         self.last_host_update = 0
         self._host_view = (0, 0, 0)
         self._commit_callbacks = []
-        self._saved = None
-        self.save()
+        self._snapshot = _Snapshot()
+        self._needs_full_sync = True
+        self.last_sync_full = None
+        self._commit_wanted = False
+        self._commit_agreed = False
+        self._last_commit = (time.monotonic(), trainer.iteration)
+        self.commit_count = 0
+        self.last_commit_seconds = 0.0
+        # The first snapshot allocates (and faults in) the buffers; the second, waited for, gives
+        # the engine time of a commit's copies.
+        for _ in range(2):
+            tic = time.perf_counter()
+            self.save()
+            with self._snapshot.lock:
+                self._snapshot.wait()
+            self.copy_seconds = time.perf_counter() - tic
+        self.commit_count = 0
 
     # ------------------------------------------------------------------------ plain-value form
     def user_values(self):
@@ -162,12 +315,66 @@ class ElasticState(State):
             if name not in self._user_names:
                 self._user_names.append(name)
             setattr(self, name, copy.deepcopy(value))
+        self._needs_full_sync = True
         mx.nd.waitall()
 
     # -------------------------------------------------------------------- commit / restore / sync
+    def _wait_for_step(self):
+        """Wait for the pending writes of the last step; raise the errors of its operations.
+
+        Parameters, their gradients (the outputs of the step's collectives) and the optimizer
+        states. Pending reads, such as the copies of a snapshot, are not waited for.
+        """
+        for param in self.params:
+            for array in param.list_data():
+                array.wait_to_read()
+            if param.grad_req != "null":
+                for grad in param.list_grad():
+                    grad.wait_to_read()
+        for array in self.trainer.optimizer_state_arrays():
+            array.wait_to_read()
+
     def save(self):
-        """Copy the current state to host memory (without checking for host changes)."""
-        self._saved = self.state_dict()
+        """Snapshot the current state into host buffers (without checking for host changes).
+
+        Returns once the copies are queued on MXNet's engine; the snapshot is complete when the
+        engine has run them (:meth:`restore` and :meth:`committed_state` wait for that). Errors of
+        the last step's operations are raised here, before anything is copied, so a snapshot
+        never holds the result of a failed step.
+        """
+        self._wait_for_step()
+        trainer = self.trainer
+        states = trainer.first_device_states()
+        state_arrays = []
+        for index in sorted(states):
+            _flatten(states[index], state_arrays)
+        sources = [p.list_data()[0] for p in self.params] + state_arrays
+        snapshot = self._snapshot
+        with snapshot.lock:  # a durable writer may still be reading the previous commit
+            snapshot.copy_from(sources)
+            snapshot.num_params = len(self.params)
+            buffers = iter(snapshot.buffers[len(self.params):])
+            snapshot.states = {index: _substitute(states[index], buffers)
+                               for index in sorted(states)}
+            snapshot.iteration = trainer.iteration
+            snapshot.optimizer = trainer.portable_optimizer()
+            snapshot.values = copy.deepcopy({
+                "counters": trainer.optimizer_counters(),
+                "elastic": trainer.elastic_state_dict(),
+                "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+                "user": self.user_values(),
+                "generation": self.generation})
+        self._last_commit = (time.monotonic(), trainer.iteration)
+        self.commit_count += 1
+
+    def _commit_here(self):
+        """Save and call the commit callbacks (no collective); times the foreground part."""
+        self._wait_for_step()  # the step's own time is not the commit's
+        tic = time.perf_counter()
+        self.save()
+        for callback in self._commit_callbacks:
+            callback(self)
+        self.last_commit_seconds = time.perf_counter() - tic
 
     def commit(self):
         """Save the state, call the commit callbacks, then check for membership changes.
@@ -177,33 +384,109 @@ class ElasticState(State):
         horovod.common.exceptions.HostsUpdatedInterrupt
             When the elastic driver announced a change (on every rank at once).
         """
-        self.save()
-        for callback in self._commit_callbacks:
-            callback(self)
+        self._commit_here()
         self.check_host_updates()
 
     @property
-    def saved_state_dict(self):
-        """The last commit as plain values (what :meth:`state_dict` returned at :meth:`save`)."""
-        return self._saved
+    def commit_cost(self):
+        """Seconds of training time one commit takes: its foreground time and its copies."""
+        return self.last_commit_seconds + self.copy_seconds
+
+    def commit_due(self):
+        """Whether :attr:`commit_policy` asks for a commit now (this rank's view)."""
+        since, iteration = self._last_commit
+        return self.commit_policy.due(self.trainer.iteration - iteration,
+                                      time.monotonic() - since, self.commit_cost)
+
+    @property
+    def committed_iteration(self):
+        """The trainer's iteration at the last commit."""
+        return self._snapshot.iteration
+
+    @contextlib.contextmanager
+    def committed_state(self):
+        """The last commit as plain values, in the :meth:`state_dict` layout, in any thread.
+
+        Yields the dict once the commit's copies have landed, plus ``"generation"``; the next
+        commit waits until the block is left before overwriting the buffers. Its arrays are
+        read-only views of those buffers: serialise or copy them inside the block.
+        """
+        snapshot = self._snapshot
+        with snapshot.lock:
+            snapshot.wait()
+            values = snapshot.values
+            yield {"format": STATE_FORMAT, "version": STATE_VERSION,
+                   "params": {p.name: h for p, h in
+                              zip(self.params, snapshot.host[:snapshot.num_params])},
+                   "trainer": self.trainer.states_bytes(states=snapshot.states,
+                                                        optimizer=snapshot.optimizer),
+                   "sampler": values["sampler"], "user": values["user"],
+                   "generation": values["generation"]}
 
     def restore(self):
-        """Go back to the last commit, undoing the work done since."""
-        self.load_state_dict(self._saved)
+        """Go back to the last commit, undoing the work done since.
+
+        Every device's copy of the parameters and optimizer states gets the committed values.
+        """
+        trainer = self.trainer
+        snapshot = self._snapshot
+        with snapshot.lock:
+            snapshot.wait()
+            count = snapshot.num_params
+            for param, buffer in zip(self.params, snapshot.buffers[:count]):
+                param.set_data(buffer)
+            # The commit holds the first device's optimizer states; every device gets them
+            # (optimizer_state_arrays lists the devices one after the other).
+            saved = snapshot.buffers[count:]
+            live = trainer.optimizer_state_arrays()
+            per_device = [a.shape for a in saved]
+            runs = [live[i:i + len(saved)] for i in range(0, len(live), len(saved) or 1)]
+            if any([a.shape for a in run] != per_device for run in runs) \
+                    or bool(live) != bool(saved):
+                raise RuntimeError("the trainer's optimizer states changed layout since the last "
+                                   "commit (%d arrays, %d committed)" % (len(live), len(saved)))
+            for run in runs:
+                for buffer, target in zip(saved, run):
+                    buffer.copyto(target)
+            values = copy.deepcopy(snapshot.values)
+            mx.nd.waitall()
+        trainer.load_optimizer_counters(values["counters"])
+        trainer.load_elastic_state_dict(values["elastic"])
+        if self.sampler is not None and values["sampler"] is not None:
+            self.sampler.load_state_dict(values["sampler"])
+        for name, value in values["user"].items():
+            if name not in self._user_names:
+                self._user_names.append(name)
+            setattr(self, name, value)
+        self._needs_full_sync = True
 
     def sync(self):
         """Make every rank hold rank 0's live state.
 
         Parameters (auxiliary included) and every optimizer state array (momentum, fp32 master
         weights...) travel as arrays; the trainer's elastic and optimizer counters, the sampler
-        position, the user values and the reset count travel as one object. The trainer then applies the transition from the world of rank 0's state to
-        the current one.
+        position, the user values and the reset count travel as one object. The trainer then
+        applies the transition from the world of rank 0's state to the current one.
+
+        The full state travels only when some rank needs it: one that has not synced yet (a
+        joiner, a fresh launch), one that restored a commit or loaded a state since its last
+        sync. The ranks agree on that with one sum of a flag. Otherwise every rank already holds
+        the same trained parameters and optimizer states (they took the same steps from the same
+        state) and only the parameters without gradient (BatchNorm running statistics, which
+        follow each rank's batches) travel: a shrink costs the survivors no state transfer.
         """
         backend = self.trainer.backend
         mx.nd.waitall()
-        backend.broadcast_parameters(self.params, root_rank=0)
-        backend.broadcast_arrays(self.trainer.optimizer_state_arrays(), root_rank=0,
-                                 name="optimizer_states")
+        full = self._needs_full_sync
+        if backend.world_size > 1:
+            full = backend.sum_over_workers([1.0 if full else 0.0])[0] > 0
+        params = self.params if full else [p for p in self.params if p.grad_req == "null"]
+        if params:
+            backend.broadcast_parameters(params, root_rank=0)
+        if full:
+            backend.broadcast_arrays(self.trainer.optimizer_state_arrays(), root_rank=0,
+                                     name="optimizer_states")
+        self.last_sync_full = full
         meta = backend.broadcast_object(dict({
             "elastic": self.trainer.elastic_state_dict(),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
@@ -218,17 +501,21 @@ class ElasticState(State):
         for name, value in meta["user"].items():
             setattr(self, name, value)
         self.generation = meta["generation"]
+        self._needs_full_sync = False
 
     # ---------------------------------------------------------------------- membership changes
     def _broadcast_host_view(self, view):
-        """Horovod's agreement on host updates as one collective: rank 0's 3 integers win.
+        """Horovod's agreement on host updates as one collective: rank 0's values win.
 
         A fixed-shape float64 array rather than a pickled object: an object costs two
-        collectives (its size, then its bytes), and this runs at every check.
+        collectives (its size, then its bytes), and this runs at every check. Rank 0's commit
+        decision travels in a fourth element.
         """
-        array = mx.nd.array(view, dtype="float64")
+        array = mx.nd.array(list(view) + [float(self._commit_wanted)], dtype="float64")
         self.trainer.backend.broadcast_arrays([array], root_rank=0, name="host_updates")
-        self._host_view = tuple(int(v) for v in array.asnumpy())
+        values = array.asnumpy()
+        self._host_view = tuple(int(v) for v in values[:3])
+        self._commit_agreed = bool(values[3])
         return self._host_view
 
     def check_host_updates(self):
@@ -236,17 +523,25 @@ class ElasticState(State):
 
         Rank 0 receives the driver's notifications; its view (previous and latest timestamp,
         combined update kind) is broadcast so that all ranks raise at the same call, and the
-        combined kind is kept in ``last_host_update`` for the reset that follows.
+        combined kind is kept in ``last_host_update`` for the reset that follows. When rank 0's
+        :attr:`commit_policy` says a commit is due, every rank commits here first (before
+        raising, if it raises: no work is lost by a membership change).
         """
         if not self.trainer.backend.elastic_driver:
             return
-        # Flush MXNet's engine: the broadcast must not overlap Horovod ops still queued.
-        mx.nd.waitall()
+        # The broadcast must not overlap Horovod ops still queued: wait for the step's writes.
+        self._wait_for_step()
+        self._commit_wanted = self.trainer.rank == 0 and self.commit_due()
+        self._commit_agreed = False
         try:
             super().check_host_updates()
         except HostsUpdatedInterrupt:
             self.last_host_update = self._host_view[2]
+            if self._commit_agreed:
+                self._commit_here()
             raise
+        if self._commit_agreed:
+            self._commit_here()
 
     # ------------------------------------------------------------------------------ callbacks
     def register_commit_callbacks(self, callbacks):

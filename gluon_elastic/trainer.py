@@ -35,6 +35,7 @@ How it differs from :class:`mxnet.gluon.Trainer` (everything else is Gluon's own
    stay identical. Optimizer counters are kept alike on every device, whatever device ids a
    states file was written on.
 """
+import copy
 import logging
 import pickle
 
@@ -635,18 +636,54 @@ class ElasticTrainer(gluon.Trainer):
         self._world_size = state["world_size"]
         self._sync_world()
 
-    def states_bytes(self):
+    def states_bytes(self, states=None, optimizer=None):
         """Optimizer and elastic state, serialised (the payload of :meth:`save_states`).
 
         The layout is MXNet's ``(updater states, optimizer)`` pickle, with the optimizer of
         MXNet's own class and the elastic state in its attribute ``gluon_elastic``.
+
+        Parameters
+        ----------
+        states : dict, optional
+            Stand-ins for the first device's updater states (:meth:`first_device_states`), e.g.
+            host copies taken at a commit; default the live states, read after a flush.
+        optimizer : mxnet.optimizer.Optimizer, optional
+            What :meth:`portable_optimizer` returned when ``states`` were taken; default now.
         """
         self._init_eagerly()
-        mx.nd.waitall()
+        if states is None:
+            mx.nd.waitall()
+            states = self._updaters[0].states
+        if optimizer is None:
+            optimizer = self.portable_optimizer()
+        return pickle.dumps((states, optimizer))
+
+    def first_device_states(self):
+        """The first device's optimizer states, ``{parameter index: array or tuple of arrays}``.
+
+        Every device holds the same values (they apply the same update); a states file keeps
+        one copy, which :meth:`load_states_bytes` gives to every device.
+        """
+        self._init_eagerly()
+        return self._updaters[0].states
+
+    def portable_optimizer(self):
+        """The optimizer as :meth:`states_bytes` saves it, detached from later steps.
+
+        A copy of MXNet's own class carrying the elastic state (attribute ``gluon_elastic``)
+        and its own copies of the update counters, so it can be serialised later (in a
+        background thread) with the values of this moment.
+        """
         optimizer = portable_copy(self._optimizer)
+        # pylint: disable=protected-access
+        optimizer._all_index_update_counts = {
+            device: dict(counts) for device, counts in self._optimizer._all_index_update_counts.items()}
+        optimizer._index_update_count = optimizer._all_index_update_counts.get(
+            self._contexts[0].device_id, dict(self._optimizer._index_update_count))
+        # pylint: enable=protected-access
         setattr(optimizer, STATE_ATTRIBUTE, {"format": STATE_FORMAT, "version": STATE_VERSION,
-                                             "elastic": self.elastic_state_dict()})
-        return pickle.dumps((self._updaters[0].states, optimizer))
+                                             "elastic": copy.deepcopy(self.elastic_state_dict())})
+        return optimizer
 
     def load_states_bytes(self, payload, source="<bytes>", iteration=None, progress=None):
         """Restore what :meth:`states_bytes` or :meth:`mxnet.gluon.Trainer.save_states` produced.

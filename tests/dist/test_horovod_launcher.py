@@ -220,9 +220,15 @@ def test_chaos_went_through_every_event(chaos_job):
     starts = chaos_job.events("start")
     worlds = [s["world_size"] for s in starts]
     assert min(worlds) == 1 and max(worlds) == 4
-    # The replacement at iteration 18 (b -> c) ends on the two listed hosts.
+    # The replacement at iteration 18 (b -> c) ends on the two listed hosts, unless c is still in
+    # its blacklist cool-down (at most 2 s) from a kill shortly before: then on a alone (c comes
+    # back at the next change).
     a, _, c, _ = HOSTS[:4]
-    assert [sorted(s["hosts"]) for s in starts if s["iteration"] == 18] == [sorted([a, c])]
+    replaced = [s for s in starts if s["iteration"] == 18]
+    killed_c = [k for k in kills if replaced and 0 < replaced[0]["time"] - k["time"] < 3.0
+                and [s for s in starts if s["time"] < k["time"]][-1]["hosts"][k["rank"]] == c]
+    assert [sorted(s["hosts"]) for s in replaced] in \
+        ([[sorted([a, c])]] + ([[[a]]] if killed_c else [])), (replaced, kills)
     # Changes that land between two checks merge into one reset (a kill and a removal, say):
     # of the 13 planned events, at least 10 resets.
     assert len(starts) - 1 >= 10, worlds

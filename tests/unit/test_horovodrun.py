@@ -94,6 +94,34 @@ def test_a_lost_host_notification_is_sent_again(driver):
     assert len(notified) == count
 
 
+@pytest.mark.timeout(60)
+def test_a_discovery_change_is_seen_within_0_3_s(tmp_path):
+    import statistics
+
+    listing = tmp_path / "hosts"
+    listing.write_text("a:1\n")
+    script = tmp_path / "discover.sh"
+    script.write_text("#!/bin/sh\ncat %s\n" % listing)
+    script.chmod(0o755)
+    driver = horovodrun.ElasticDriver(FakeRendezvous(),
+                                      horovodrun.DiscoveryScript(str(script), 1), 1, 4)
+    try:
+        assert driver.discovery_interval == horovodrun.DISCOVERY_INTERVAL == 0.2
+        wait_for(lambda: driver._host_manager.current_hosts.count_available_slots() == 1)
+        delays = []
+        for count in (2, 3, 2, 3, 2):
+            listing.write_text("".join("%s:1\n" % host for host in "abc"[:count]))
+            tic = time.monotonic()
+            while driver._host_manager.current_hosts.count_available_slots() != count:
+                assert time.monotonic() - tic < 10
+                time.sleep(0.002)
+            delays.append(time.monotonic() - tic)
+    finally:
+        driver.stop()
+    # One interval plus the script's run at most; half an interval in the middle.
+    assert statistics.median(delays) < 0.3, delays
+
+
 def fake_driver(codes):
     """A driver command whose generation g exits with ``codes[g]`` (negative: killed by signal)."""
 
@@ -152,7 +180,7 @@ def test_driver_command_repeats_the_launcher_flags():
     assert horovodrun.driver_command(args, 2) == [
         sys.executable, "-m", "gluon_elastic.horovodrun", "--driver", "-np", "2",
         "--slots-per-host", "1", "--elastic-timeout", "600", "--start-timeout", "30",
-        "--min-np", "2", "--max-np", "4", "-H", "a:1,b:2", "--network-interface", "lo",
+        "--discovery-interval", "0.2", "--min-np", "2", "--max-np", "4", "-H", "a:1,b:2", "--network-interface", "lo",
         "--blacklist-cooldown-range", "1,5", "--", "python", "train.py", "--epochs", "2"]
 
 

@@ -8,15 +8,26 @@ Started by ``horovodrun --host-discovery-script`` from tests/dist/test_horovod_e
   ``state.check_host_updates()`` on every rank) until the driver announces the change, so each
   change lands at exactly the scheduled iteration.
 - ``--exits 'ITER:RANK:ACTION[:WORLD];...'``: the worker holding RANK at iteration ITER acts once
-  (a marker file remembers it): ``kill`` SIGKILLs itself, ``raise`` raises, ``stop`` SIGSTOPs
-  itself and is continued 10 s later by a helper process, ``kill-driver`` SIGKILLs the
+  (a marker file remembers it): ``kill`` SIGKILLs itself, ``kill-soon`` SIGKILLs itself after a
+  delay drawn from ``--kill-seed`` (0 to ``KILL_SOON_SECONDS``) while training goes on, so the
+  kill lands at an arbitrary point (inside a step, a commit, a check), ``raise`` raises, ``stop``
+  SIGSTOPs itself and is continued 10 s later by a helper process, ``kill-driver`` SIGKILLs the
   ``gluon_elastic.horovodrun`` driver that started it, ``hold`` makes every rank wait before the
   step until the file ``release.ITER`` exists in the log directory (RANK records the hold with
   the host of every rank; a test acts on hosts meanwhile, then releases; once released, a rerun
   of ITER after a reset does not hold again). With WORLD, all ranks first wait (polling
   ``state.check_host_updates()``) until the world has WORLD workers.
+- ``--no-wait``: steps are not followed by a flush of MXNet's engine; the loop waits only where
+  ``ElasticState`` does (the step's own writes, at every check), so the copies of a commit run
+  beside the next step. ``--auto-commit STEPS``: the state's ``CommitPolicy`` (default overhead
+  and time cap, at least every STEPS steps) adds commits of its own (otherwise every commit is the
+  loop's, every ``--commit-interval`` steps and at the end of each epoch).
+- Every rank appends to ``commits.<pid>.jsonl`` the digests of all its parameters and of its
+  momentum at every commit, as a commit callback (the state then holds exactly what the commit
+  snapshot queued).
 - Rank 0 appends to ``rank0.jsonl``: ``start`` records after every (re)start of the training
-  function (generation, world, iteration, progress, every rank's parameter and momentum digests),
+  function (generation, world, iteration, progress, every rank's parameter and momentum digests
+  and pid),
   ``step`` records (world, global batch, applied LR, progress), ``commit`` and ``end`` records;
   the rank that acts on ``--exits`` appends a record named after the action just before it.
   Every rank appends the sample indices it trained to ``indices.<pid>.jsonl``.
@@ -31,6 +42,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import mxnet as mx
@@ -43,7 +55,7 @@ import discovery  # noqa: E402  pylint: disable=wrong-import-position
 from gluon_elastic import ElasticTrainer, Schedule, backends  # noqa: E402
 from gluon_elastic.data import ElasticSampler  # noqa: E402
 from gluon_elastic.run import run  # noqa: E402
-from gluon_elastic.state import ElasticState  # noqa: E402
+from gluon_elastic.state import CommitPolicy, ElasticState  # noqa: E402
 
 NUM_SAMPLES = 60
 NUM_FEATURES = 6
@@ -62,6 +74,9 @@ def parse_args(argv=None):
     parser.add_argument("--exits", default="")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--commit-interval", type=int, default=3)
+    parser.add_argument("--no-wait", action="store_true")
+    parser.add_argument("--auto-commit", type=int, default=None, metavar="STEPS")
+    parser.add_argument("--kill-seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -93,8 +108,9 @@ def digest(arrays):
     return sha.hexdigest()
 
 
-EXIT_ACTIONS = ("kill", "raise", "stop", "kill-driver", "hold")
+EXIT_ACTIONS = ("kill", "kill-soon", "raise", "stop", "kill-driver", "hold")
 STOP_SECONDS = 10
+KILL_SOON_SECONDS = 0.5
 # Longest a held rank waits for its release file.
 HOLD_SECONDS = 300
 
@@ -191,8 +207,29 @@ def main(argv=None):
                              base_batch_size=2 * LOCAL_BATCH_SIZE,
                              schedule=schedule_for(args.epochs))
     sampler = ElasticSampler(NUM_SAMPLES, seed=3)
-    state = ElasticState(net, trainer, sampler, epoch=0, waited_at=-1)
+    state = ElasticState(net, trainer, sampler, epoch=0, waited_at=-1,
+                         commit_policy=CommitPolicy(max_steps=args.auto_commit)
+                         if args.auto_commit else CommitPolicy(None, None, None))
     loss_fn = gluon.loss.L2Loss()
+
+    def record_commit(state):
+        with open(os.path.join(args.log_dir, "commits.%d.jsonl" % os.getpid()), "a") as fout:
+            fout.write(json.dumps({
+                "generation": state.generation, "iteration": trainer.iteration,
+                "rank": trainer.rank, "time": time.time(),
+                "param_digest": digest([p.data() for p in state.params]),
+                "momentum_digest": digest(trainer.momentum_arrays())}) + "\n")
+
+    state.register_commit_callbacks([record_commit])
+    # Whether this rank rolled back to its last commit since its last start record.
+    restored = []
+    restore_commit = state.restore
+
+    def restore():
+        restore_commit()
+        restored.append(trainer.iteration)
+
+    state.restore = restore
 
     def snapshot(event):
         # All parameters after a sync; only the trained ones at the end (BatchNorm running
@@ -200,7 +237,8 @@ def main(argv=None):
         params = [p for p in state.params if event == "start" or p.grad_req != "null"]
         gathered = backend.allgather_object(
             (digest([p.data() for p in params]), digest(trainer.momentum_arrays()),
-             os.environ.get("HOROVOD_HOSTNAME")))
+             os.environ.get("HOROVOD_HOSTNAME"), os.getpid(), bool(restored)))
+        restored.clear()
         if trainer.rank == 0:
             recorder.rank0({"event": event, "generation": state.generation,
                             "world_size": trainer.world_size, "iteration": trainer.iteration,
@@ -208,7 +246,9 @@ def main(argv=None):
                             "processed": sampler.processed,
                             "param_digests": [g[0] for g in gathered],
                             "momentum_digests": [g[1] for g in gathered],
-                            "hosts": [g[2] for g in gathered]})
+                            "hosts": [g[2] for g in gathered],
+                            "pids": [g[3] for g in gathered],
+                            "restored": [g[4] for g in gathered]})
 
     def wait_for_world(iteration):
         # Only at a boundary of the schedule, and only while the world is not the scheduled one
@@ -273,6 +313,10 @@ def main(argv=None):
                         "world_size": trainer.world_size})
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "kill-soon":
+            delay = random.Random("%d:%d" % (args.kill_seed, iteration)).uniform(
+                0, KILL_SOON_SECONDS)
+            threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
         elif action == "kill-driver":
             time.sleep(1.0)  # the last commit's background write lands first
             kill_driver()
@@ -306,7 +350,8 @@ def main(argv=None):
                                    mx.nd.array(targets[indices]))
                 loss.backward()
                 trainer.step(global_batch_size=global_batch_size)
-                mx.nd.waitall()
+                if not args.no_wait:
+                    mx.nd.waitall()
                 sampler.record(global_batch_size)
                 recorder.indices({"generation": state.generation, "iteration": iteration,
                                   "epoch": state.epoch, "rank": trainer.rank,
