@@ -19,7 +19,8 @@ scripts do (``gluon.utils.split_and_load`` with ``even_split=False``): the first
 Imports MXNet only inside the functions that make contexts or move data.
 """
 
-__all__ = ["device_ids", "format_devices", "choose_contexts", "split_sizes", "split_and_load"]
+__all__ = ["device_ids", "format_devices", "choose_contexts", "split_sizes", "split_and_load",
+           "sync_batch_norm"]
 
 
 def device_ids(local_rank, devices_per_process=1):
@@ -114,3 +115,37 @@ def split_and_load(arrays, contexts):
         parts.append(tuple(array[start:start + size].as_in_context(ctx) for array in arrays))
         start += size
     return parts
+
+
+def sync_batch_norm(num_devices):
+    """Keyword arguments of a GluonCV model builder for ``--syncbn``.
+
+    BatchNorm layers become ``SyncBatchNorm`` over the ``num_devices`` devices of this process, as
+    in GluonCV's scripts: each device's batch statistics are those of the process's whole batch.
+    Workers still normalise separately (Horovod and the KVStore reduce gradients only). Every
+    device must take part in every forward pass (a device left without samples would wait for
+    ever): the recipes refuse a per-worker batch smaller than the number of devices, and several
+    CPU contexts (:func:`check_sync_batch_norm`).
+    """
+    from mxnet import gluon
+
+    return {"norm_layer": gluon.contrib.nn.SyncBatchNorm,
+            "norm_kwargs": {"num_devices": num_devices}}
+
+
+def check_sync_batch_norm(parser, flag, local_batch_size, num_devices, device):
+    """Exit 2 when ``flag`` (a synchronised BatchNorm) cannot run on these devices.
+
+    MXNet 1.9.1's SyncBatchNorm deadlocks across CPU contexts: five convolutions, each followed
+    by a SyncBatchNorm over cpu(0) and cpu(1), never finish their first training forward (two
+    do; the engine's worker threads wait on each other's barriers). One CPU context, or GPUs,
+    work.
+    """
+    if device == "cpu" and num_devices > 1:
+        parser.error("%s over %d CPU contexts: MXNet's SyncBatchNorm deadlocks across CPU "
+                     "contexts; train on GPUs, or with one device per process" % (flag,
+                                                                                  num_devices))
+    if local_batch_size < num_devices:
+        parser.error("%s synchronises BatchNorm over the %d devices of a process: the per-worker "
+                     "batch %d leaves a device without samples" % (flag, num_devices,
+                                                                  local_batch_size))

@@ -33,6 +33,7 @@ features; the recipe calls Faster R-CNN's own builder, the one GluonCV's script 
 """
 import os
 
+from . import devices
 from . import flags as _flags
 from . import gluoncv_flags
 
@@ -100,8 +101,8 @@ def add_gluoncv_args(parser, kind):
         _add_faster_rcnn_args(parser, group)
         return group
     group.add_argument("--syncbn", action="store_true",
-                       help="accepted, no effect: each device of a process normalises with its "
-                            "own batch statistics")
+                       help="SyncBatchNorm over the devices of a process when it has several "
+                            "(workers normalise separately)")
     if kind == "ssd":
         group.add_argument("--dali", action="store_true", help="refused: DALI is not supported")
     else:
@@ -330,6 +331,12 @@ def resolve_args(parser, args, kind, zoo_names, gpu_count):
                          % (args.num_gpus, args.gpus, len(gpu_ids)))
         args.num_gpus = len(gpu_ids)
     num_devices = max(1, args.num_gpus)
+    for flag, synchronised in (("--syncbn", getattr(args, "syncbn", False) and num_devices > 1),
+                               ("--norm-layer syncbn", getattr(args, "norm_layer", None)
+                                == "syncbn")):
+        if synchronised:
+            devices.check_sync_batch_norm(parser, flag, args.local_batch_size, num_devices,
+                                          args.device)
     if kind == "faster_rcnn" and args.local_batch_size % num_devices:
         # The R-CNN target sampler has one slot per image of a device's forward pass, so every
         # device takes the same share of the batch (GluonCV asserts the same).
@@ -374,8 +381,9 @@ def build_faster_rcnn(args, classes, contexts):
 
     if args.custom_model:
         if args.norm_layer == "syncbn":
-            norm_layer, norm_kwargs = gluon.contrib.nn.SyncBatchNorm, {"num_devices": 1}
-            sym_norm_kwargs = {"ndev": 1}
+            norm_layer, norm_kwargs = gluon.contrib.nn.SyncBatchNorm, {
+                "num_devices": len(contexts)}
+            sym_norm_kwargs = {"ndev": len(contexts)}
         else:
             norm_layer, norm_kwargs, sym_norm_kwargs = gluon.nn.BatchNorm, None, None
         net = faster_rcnn_module.custom_faster_rcnn_fpn(
@@ -398,7 +406,7 @@ def build_faster_rcnn(args, classes, contexts):
             num_sample=args.rcnn_num_samples, pos_iou_thresh=args.rcnn_pos_iou_thresh,
             pos_ratio=args.rcnn_pos_ratio, max_num_gt=args.max_num_gt)
     else:
-        kwargs = {"num_devices": 1} if args.norm_layer == "syncbn" else {}
+        kwargs = {"num_devices": len(contexts)} if args.norm_layer == "syncbn" else {}
         net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False,
                                   per_device_batch_size=args.local_batch_size // len(contexts),
                                   **kwargs)

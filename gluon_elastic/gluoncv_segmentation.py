@@ -14,6 +14,7 @@ values exit 2. ``--test-batch-size`` is the validation batch of one worker.
 """
 import os
 
+from . import devices
 from . import flags as _flags
 from . import gluoncv_flags
 
@@ -67,8 +68,8 @@ def add_gluoncv_args(parser):
     group.add_argument("--eval", action="store_true", help="evaluate --resume only")
     group.add_argument("--no-val", action="store_true", help="no validation during training")
     group.add_argument("--syncbn", action="store_true",
-                       help="accepted, no effect: each device of a process normalises with its "
-                            "own batch statistics")
+                       help="SyncBatchNorm over the devices of a process (workers normalise "
+                            "separately)")
     parser.set_defaults(model="fcn", dataset="pascal", aux=False, epochs=50, lr=0.001,
                         momentum=0.9, wd=0.0001, log_interval=20, warmup_lr=0.0, lr_mode="poly",
                         lr_power=0.9, num_data_workers=16)
@@ -128,6 +129,9 @@ def resolve_args(parser, args, gpu_count):
         if args.num_gpus not in (0, ngpus):
             parser.error("--num-gpus %d contradicts --ngpus %d" % (args.num_gpus, ngpus))
         args.num_gpus = ngpus
+    if args.syncbn:
+        devices.check_sync_batch_norm(parser, "--syncbn", args.local_batch_size,
+                                      max(1, args.num_gpus), args.device)
     if args.dtype == "float16" and not ngpus:
         parser.error("--dtype float16 needs a GPU")
     if args.save_dir is None:

@@ -45,7 +45,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from gluon_elastic import flags, gluoncv_flags, recipe
-from gluon_elastic.devices import split_and_load
+from gluon_elastic.devices import split_and_load, sync_batch_norm
 from gluon_elastic.progress import progress
 
 _DETECTOR_NAME = re.compile(r"^(ssd|yolo3)_.*_(voc|coco|custom)$")
@@ -286,7 +286,10 @@ def build_model(args, classes, contexts):
     and feature maps)."""
     from gluoncv import model_zoo
 
-    net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False)
+    # GluonCV's --syncbn: BatchNorm synchronised over the process's devices when it has several.
+    sync = sync_batch_norm(len(contexts)) if getattr(args, "syncbn", False) and \
+        len(contexts) > 1 else {}
+    net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False, **sync)
     net.initialize(ctx=contexts)
     if tuple(net.classes) != tuple(classes):
         # reset_class rebuilds the class predictors on the contexts of the initialised old ones.

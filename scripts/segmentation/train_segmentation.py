@@ -34,7 +34,7 @@ import numpy as np
 from mxnet import gluon
 
 from gluon_elastic import flags, gluoncv_flags, recipe
-from gluon_elastic.devices import split_and_load
+from gluon_elastic.devices import split_and_load, sync_batch_norm
 from gluon_elastic.progress import progress
 
 _SEGMENTATION_NAME = re.compile(r"^(fcn|deeplab)_resnet\d+_(voc|ade)$")
@@ -165,13 +165,19 @@ def make_train_loader(args, train_set):
 
 
 # ------------------------------------------------------------------------------------ model
+def _norm_layer(args, contexts):
+    """GluonCV's ``--syncbn``: BatchNorm synchronised over the process's devices (any number)."""
+    return sync_batch_norm(len(contexts)) if getattr(args, "syncbn", False) else {}
+
+
 def build_model(args, contexts):
     """The FCN or DeepLabV3, initialised on every device of ``contexts`` with its shapes
     resolved, hybridized."""
     from gluoncv import model_zoo
 
     net = model_zoo.get_model(args.model, pretrained=False, pretrained_base=False, aux=args.aux,
-                              base_size=args.base_size, crop_size=args.crop_size)
+                              base_size=args.base_size, crop_size=args.crop_size,
+                              **_norm_layer(args, contexts))
     net.initialize(ctx=contexts)
     net.hybridize()
     # One forward resolves the deferred shapes; GluonCV initialises the heads on the CPU in the
@@ -289,7 +295,8 @@ def build_gluoncv_model(args, contexts):
 
     net = get_segmentation_model(model=args.model, dataset=args.gluoncv_dataset,
                                  backbone=args.backbone, pretrained_base=False, aux=args.aux,
-                                 base_size=args.base_size, crop_size=args.crop_size)
+                                 base_size=args.base_size, crop_size=args.crop_size,
+                                 **_norm_layer(args, contexts))
     net.initialize(ctx=contexts)
     if args.mode == "hybrid":
         net.hybridize()

@@ -118,3 +118,25 @@ def test_devices_without_samples_add_nothing():
         for copy in several.list_data():
             np.testing.assert_allclose(copy.asnumpy(), single.data().asnumpy(), rtol=1e-6,
                                        atol=1e-7)
+
+
+@pytest.mark.parametrize("local_batch_size, num_devices, device, message", [
+    (2, 2, "cpu", "over 2 CPU contexts: MXNet's SyncBatchNorm deadlocks"),
+    (3, 4, "gpu", "the per-worker batch 3 leaves a device without samples"),
+])
+def test_sync_batch_norm_refuses_what_would_hang(capsys, local_batch_size, num_devices, device,
+                                                 message):
+    import argparse
+
+    from gluon_elastic.devices import check_sync_batch_norm, sync_batch_norm
+
+    parser = argparse.ArgumentParser(prog="recipe")
+    with pytest.raises(SystemExit) as exit_info:
+        check_sync_batch_norm(parser, "--syncbn", local_batch_size, num_devices, device)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    # What runs: one CPU context, or GPUs with a sample for each.
+    check_sync_batch_norm(parser, "--syncbn", 4, 1, "cpu")
+    check_sync_batch_norm(parser, "--syncbn", 4, 4, "gpu")
+    kwargs = sync_batch_norm(4)
+    assert kwargs["norm_layer"] is mx.gluon.contrib.nn.SyncBatchNorm
+    assert kwargs["norm_kwargs"] == {"num_devices": 4}

@@ -320,6 +320,7 @@ BAD_INPUT = [
     (["--start-epoch", "2"], "--start-epoch 2"),
     (["--horovod", "--backend", "dist_sync"], "--horovod contradicts --backend dist_sync"),
     (["--dataset-root", "{missing}"], "does not exist"),
+    (["--syncbn", "--gpus", "", "--num-gpus", "2"], "--syncbn over 2 CPU contexts"),
 ]
 
 

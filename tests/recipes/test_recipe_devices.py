@@ -79,6 +79,33 @@ def test_segmentation_two_devices(tmp_path):
     np.testing.assert_array_equal(split[3], single[3])
 
 
+def test_segmentation_syncbn_builds_synchronised_batchnorm_for_the_process_devices(tmp_path):
+    # GluonCV's --syncbn: every BatchNorm of the model becomes a SyncBatchNorm over the devices
+    # of the process (built for 4 GPUs here without placing it: this machine has none).
+    seg = recipe_data.load_recipe("scripts/segmentation/train.py")
+    voc_dir = recipe_data.make_voc_segmentation(str(tmp_path), num_train=4, num_val=2, size=40)
+    args = seg.parse_args(["--model", "fcn", "--dataset", "pascal_voc", "--data-dir", voc_dir,
+                           "--no-cuda", "--crop-size", "24", "--syncbn",
+                           "--save-dir", str(tmp_path / "runs")])
+    from gluoncv.model_zoo.segbase import get_segmentation_model
+
+    kwargs = seg.train_segmentation._norm_layer(args, [mx.gpu(i) for i in range(4)])
+    net = get_segmentation_model(model="fcn", dataset="pascal_voc", backbone="resnet50",
+                                 pretrained_base=False, crop_size=24, **kwargs)
+    norms = list({id(b): b for b in _blocks(net) if "BatchNorm" in type(b).__name__}.values())
+    assert len(norms) > 50 and {(type(b).__name__, b._kwargs["ndev"]) for b in norms} == {
+        ("SyncBatchNorm", 4)}
+    # One barrier per layer: the keys that pair the devices' calls are distinct.
+    assert len({b._kwargs["key"] for b in norms}) == len(norms)
+
+
+def _blocks(block):
+    """``block`` and every block under it."""
+    yield block
+    for child in block._children.values():
+        yield from _blocks(child)
+
+
 def _ignored(val_set):
     """Pixels of the validation masks that do not count (void, -1)."""
     return sum(int((val_set[i][1].asnumpy() < 0).sum()) for i in range(len(val_set)))

@@ -93,13 +93,16 @@ def test_deeplabv3_from_the_zoo_name_builds_and_trains(voc_root, tmp_path):
     # FCN and PSPNet train in the tests above and in test_recipe_segmentation.py; DeepLabV3 by
     # its zoo name: model and backbone from the name, the data from --dataset.
     save_dir = str(tmp_path / "runs")
-    args = seg.parse_args(["--model-zoo", "deeplab_resnet50_voc", "--epochs", "1", "--no-val"]
-                          + _tiny(voc_root, save_dir))
+    # With --syncbn on one device (GluonCV's command line on one GPU, here the CPU).
+    args = seg.parse_args(["--model-zoo", "deeplab_resnet50_voc", "--epochs", "1", "--no-val",
+                           "--syncbn"] + _tiny(voc_root, save_dir))
     assert (args.model, args.backbone, args.dataset, args.model_name) == (
         "deeplab", "resnet50", "voc", "deeplab_resnet50_voc")
     loop = seg.train(args)
     assert (loop.trainer.iteration, loop.trainer.progress) == (3, 6)
     assert type(loop.net).__name__ == "DeepLabV3"
+    norms = [b for b in loop.net.collect_params().values() if b.name.endswith("running_var")]
+    assert norms and all("syncbatchnorm" in b.name for b in norms)
     batches = [r for r in parse_gluoncv_log(open(os.path.join(save_dir, "train.log")).read())
                if r["kind"] == "batch"]
     assert len(batches) == 3 and all(0 < r["loss"] < 100 for r in batches)
@@ -116,7 +119,9 @@ BAD_INPUT = [
                                                           "contradicts --batch-size 16"),
     (["--model", "icnet"], "--model icnet"), (["--backbone", "resnest50"], "--backbone"),
     (["--dataset", "citys"], "--dataset citys"),
-    (["--model-zoo", "fcn_resnet50_ade"], "contradicts --dataset pascal_voc"), (["--pretrained"], "--pretrained needs"),
+    (["--model-zoo", "fcn_resnet50_ade"], "contradicts --dataset pascal_voc"),
+    (["--syncbn", "--num-gpus", "2"], "--syncbn over 2 CPU contexts: MXNet's SyncBatchNorm "
+                                      "deadlocks"), (["--pretrained"], "--pretrained needs"),
     (["--save-dir", "{file}"], "--save-dir"), (["--checkpoint-dir", "{file}"], "--checkpoint-dir"),
     (["--resume", "{missing}"], "--resume"), (["--eval"], "--eval evaluates --resume"),
     (["--start_epoch", "5", "--epochs", "5"], "--start_epoch 5"),
