@@ -567,6 +567,9 @@ def train_gluoncv(args):
         logging.getLogger("gluon_elastic").addHandler(handler)
         recipe.logger.info("%s", argparse.Namespace(**{k: v for k, v in vars(args).items()
                                                        if k != "parser"}))
+        # GluonCV's script would download ImageNet weights for the base network; say so once.
+        recipe.logger.info("The base network trains from scratch (GluonCV's script starts it "
+                           "from pretrained weights, which need a download)")
         if getattr(args, "verbose", False):
             recipe.logger.info("Trainable parameters:")
             recipe.logger.info("%s", net.collect_train_params().keys())

@@ -339,6 +339,9 @@ def train_gluoncv(args):
         logging.getLogger("gluon_elastic").addHandler(handler)
         recipe.logger.info("%s", argparse.Namespace(**{k: v for k, v in vars(args).items()
                                                        if k != "parser"}))
+        # GluonCV's script would download ImageNet weights for the backbone; say so once.
+        recipe.logger.info("The backbone trains from scratch (GluonCV's script starts it from "
+                           "pretrained weights, which need a download)")
     try:
         log_format = GluonCVSegmentationLog(lambda global_batch_size:
                                             num_train_samples // global_batch_size)

@@ -164,6 +164,7 @@ def test_ssd_command_logs_like_gluoncv_saves_and_resumes(dataset_root, tmp_path)
     stem = prefix + "ssd_300_mobilenet0.25_voc"
     log = open(stem + "_train.log").read()
     assert log.startswith("Namespace(") and "Start training from [Epoch 0]" in log
+    assert "The base network trains from scratch" in log
     records = parse_gluoncv_log(log)
     batches = [r for r in records if r["kind"] == "batch"]
     assert [(r["epoch"], r["batch"], r["world"], r["global_batch"]) for r in batches] == \

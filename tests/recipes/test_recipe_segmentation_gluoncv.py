@@ -70,6 +70,7 @@ def test_pspnet_command_logs_like_gluoncv_saves_and_evaluates(voc_root, tmp_path
     assert (loop.trainer.iteration, loop.trainer.progress) == (3, 6)
     log = open(os.path.join(save_dir, "train.log")).read()
     assert log.startswith("Namespace(") and "Starting Epoch: 0\nTotal Epochs: 1\n" in log
+    assert "The backbone trains from scratch (GluonCV's script starts it from pretrained" in log
     records = parse_gluoncv_log(log)
     batches = [r for r in records if r["kind"] == "batch"]
     assert [(r["epoch"], r["batch"], r["batches"], r["world"], r["global_batch"])
