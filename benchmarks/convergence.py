@@ -136,9 +136,10 @@ SCALES = {
                                                                           "spot": [0.05]},
               "jobs": 2, "context": "cpu"},
 }
-# Samples per second of one run on one core of the reference machine (2 cores, loaded), by
-# method family, for the printed plan; AdaScale measures every virtual worker's gradient.
-PLAN_RATE = {"default": 3000.0, "adascale": 900.0}
+# Samples per second of one run on one core of the reference machine (2 cores, the study's two
+# runs alone on it: medians of the committed study), by method family, for the printed plan;
+# AdaScale measures every virtual worker's gradient.
+PLAN_RATE = {"default": 5000.0, "adascale": 4000.0}
 # Student t quantiles t(0.975, n - 1) for 95 % intervals of a mean of n paired differences.
 T_975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306,
          10: 2.262}
