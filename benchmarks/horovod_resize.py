@@ -5,22 +5,26 @@
 Each repeat runs one elastic job under the project's launcher (``python -m
 gluon_elastic.horovodrun``, discovery every 0.2 s, rank 0 writing durable commits) on this
 machine: 2 workers, a third joins at iteration 3 (schedule-driven discovery), one leaves at
-iteration 6. The model is GluonCV's
+iteration 30; 40 steps. The model is GluonCV's
 ``resnet50_v1b`` (25.6 M parameters, BatchNorm statistics included; momentum SGD, so the state is
 about 204 MB of float32) on 32x32 inputs, batch 2 per worker, so a step stays short on 2 cores.
 
 Phases of a change, for the survivors (from the moment the discovery script starts answering the
 new host list):
 
-- detection: until ``check_host_updates`` raises (driver polling, notification, agreement);
+- detection: until ``check_host_updates`` raises (driver polling, notification, agreement); for
+  a growth this includes the joiner's start-up, during which the survivors keep training (the
+  driver starts the joiner first and tells them when it is ready); the longest gap between two of
+  their steps in that time is reported beside it. A shrink is waited for at its iteration;
 - re-rendezvous: Horovod shutdown and re-initialisation on the new world;
 - state broadcast: ``ElasticState.sync`` (the full state when a rank needs it, a joiner; after a
   shrink only the BatchNorm statistics and the counters);
 - pause: re-rendezvous and sync, the time the survivors' progress stands still beyond a step;
 - first step: the first optimizer step at the new size.
 
-For the joining worker: process start to MXNet/Horovod imported, Horovod initialisation (the
-rendezvous with the survivors), the state broadcast, and its first step. The floor beside them is
+For the joining worker: process start to MXNet/Horovod imported, model build (its start-up ends
+there), being let in and Horovod's initialisation (the survivors' re-rendezvous), the state
+broadcast, its first step, and the time from the end of its start-up to its first step. The floor beside them is
 a Gloo initialisation (the initial ``hvd.init`` of a worker) plus the broadcast of the state's bytes
 at the loopback bandwidth measured here with one TCP stream.
 
@@ -64,7 +68,7 @@ START_TIME = time.time()  # before the imports: a joining worker's clock starts 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-SCHEDULE = "0:2;3:3;6:2"
+SCHEDULE = "0:2;3:3;30:2"
 DEFAULT_COMMIT_INTERVAL = 20
 BLOCK_STEPS = 8
 COMMIT_PAIRS = 6
@@ -86,21 +90,22 @@ def worker(args):
     from gluon_elastic.state import ElasticState
 
     imported = time.time()
-    init_start = time.time()
-    backend = backends.create("horovod")
-    init_done = time.time()
     schedule = discovery.parse_schedule(SCHEDULE)
     mx.random.seed(0)
     net = get_model("resnet50_v1b", pretrained=False, pretrained_base=False)
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((1, 3, 32, 32)))
-    trainer = ElasticTrainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9},
-                             kvstore=backend, local_batch_size=2)
-    state = ElasticState(net, trainer, None, waited_at=-1)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     data = mx.nd.random.uniform(shape=(2, 3, 32, 32))
     label = mx.nd.array([1, 2])
     built = time.time()
+    # The start-up ends here: a joiner started ahead reports it and waits to be let in.
+    init_start = time.time()
+    backend = backends.create("horovod")
+    init_done = time.time()
+    trainer = ElasticTrainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9},
+                             kvstore=backend, local_batch_size=2)
+    state = ElasticState(net, trainer, None, waited_at=-1)
     num_params = sum(p.data().size for p in state.params)
     marks = {"pid": os.getpid(), "start": START_TIME, "import_start": import_start,
              "imported": imported, "init_start": init_start, "init_done": init_done,
@@ -123,6 +128,16 @@ def worker(args):
         trainer.step()
         mx.nd.waitall()
 
+    def check(commit=False):
+        try:
+            if commit:
+                state.commit()
+            else:
+                state.check_host_updates()
+        except HostsUpdatedInterrupt:
+            record("interrupted")
+            raise
+
     @run
     def train(state):
         record("synced")
@@ -135,22 +150,20 @@ def worker(args):
                 if trainer.rank == 0:
                     discovery.write_progress(args.progress_file, iteration)
                     record("change_announced")
-                try:
-                    while True:
-                        time.sleep(0.02)
-                        state.check_host_updates()
-                except HostsUpdatedInterrupt:
-                    record("interrupted")
-                    raise
+                # A growth is announced once the joiner has started: the survivors train on.
+                # A shrink is waited for here, so that its detection is measured alone.
+                while wanted < trainer.world_size:
+                    time.sleep(0.02)
+                    check()
             tic = time.time()
             one_step()
             record("step", seconds=time.time() - tic)
             if iteration >= 7 and trainer.iteration % 4 == 0:
                 tic = time.time()
-                state.commit()
+                check(commit=True)
                 record("commit", seconds=time.time() - tic)
             else:
-                state.check_host_updates()
+                check()
         return trainer.iteration
 
     train(state)
@@ -437,7 +450,11 @@ def phases(records):
             step = next((r for r in rest if r["event"] == "step"), None)
             if not (reset and synced and step):
                 continue  # this worker left the job
+            before = [r["time"] for r in pid_records[:index] if r["event"] == "step"
+                      and r["time"] >= change]
+            gaps = [b - a for a, b in zip([change] + before, before + [rec["time"]])]
             for name, value in (("detection", rec["time"] - change),
+                                ("longest step gap until told", max(gaps)),
                                 ("re-rendezvous", reset["time"] - rec["time"]),
                                 ("state broadcast", synced["time"] - reset["time"]),
                                 ("pause (re-rendezvous + sync)", synced["time"] - rec["time"]),
@@ -448,10 +465,11 @@ def phases(records):
             synced = next(r for r in pid_records if r["event"] == "synced")
             step = next(r for r in pid_records if r["event"] == "step")
             for name, value in (("process start to imports", process["imported"] - process["start"]),
-                                ("hvd.init (rendezvous)", process["init_done"] - process["init_start"]),
-                                ("model build (and first copy)", process["built"] - process["init_done"]),
-                                ("state broadcast", synced["time"] - process["built"]),
+                                ("model build", process["built"] - process["imported"]),
+                                ("let in + hvd.init", process["init_done"] - process["init_start"]),
+                                ("state broadcast", synced["time"] - process["init_done"]),
                                 ("first step", step["time"] - synced["time"]),
+                                ("start-up end to first step", step["time"] - process["built"]),
                                 ("total from change", step["time"] - announced[0])):
                 result["join"].setdefault(name, []).append(value)
         result["commit"].extend(r["seconds"] for r in pid_records if r["event"] == "commit")
@@ -469,7 +487,7 @@ def main(argv=None):
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-dir")
     parser.add_argument("--progress-file")
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per job")
     parser.add_argument("--out", default=None, help="JSON file for the raw figures")

@@ -20,7 +20,7 @@ Two processes of this module run the job:
 
 * **The driver** (one per generation) is Horovod 0.28.1's own elastic runner: its
   ``ElasticDriver``, rendezvous server, host discovery, worker notifications and process
-  launching, put together as ``horovodrun`` does, with two additions in :class:`ElasticDriver`
+  launching, put together as ``horovodrun`` does, with these additions in :class:`ElasticDriver`
   and its rendezvous handler:
 
   - a question a worker can ask without registering in the current rendezvous round, "does my
@@ -30,6 +30,13 @@ Two processes of this module run the job:
     and a world that adds a worker while removing another never completes its round (the joiner
     times out and the job goes on smaller). With this question only a removed worker registers
     early (see :mod:`gluon_elastic.run`);
+  - **joiners start before the survivors are told**: when discovery only adds slots, the driver
+    starts their workers at once and tells the survivors only when every new worker has
+    reported its start-up done (imports, model build, data: everything before it creates its
+    Horovod backend; at most :attr:`ElasticDriver.prepare_timeout` seconds). The survivors
+    keep training meanwhile, then pause for the re-rendezvous and the state transfer alone.
+    The new worker waits for the new world to be formed before its ``hvd.init()``
+    (:func:`gluon_elastic.run.join_when_let_in`);
   - host discovery every ``--discovery-interval`` seconds, the script run as a plain child
     process (Horovod runs it through a freshly spawned Python middleman, 0.26 s and 0.13 s of
     CPU per run here; a child of the driver's session dies with that session anyway);
@@ -75,7 +82,7 @@ from horovod.runner.elastic.worker import HostUpdateResult
 from .flags import positive_float, positive_int
 from .launch import (RestartBudget, add_plan_args, add_restart_args, format_plan, process_plan,
                      processes_with_env, run_forwarding_signals)
-from .restart import ENV, NEXT_ASSIGNMENT_SCOPE
+from .restart import ENV, JOIN_SCOPE, NEXT_ASSIGNMENT_SCOPE, PREPARED_SCOPE
 
 __all__ = ["NEXT_ASSIGNMENT_SCOPE", "EXIT_NO_SURVIVOR", "DISCOVERY_INTERVAL", "ElasticDriver",
            "DiscoveryScript", "rendezvous_handler",
@@ -133,13 +140,23 @@ class ElasticDriver(HorovodElasticDriver):
     stale_assignment_seconds : float
         How long the world may differ from the one the listed hosts form before the change is
         announced again (a round of re-initialisation takes well under that).
+    prepare_timeout : float
+        Longest the survivors are kept training while joiners start; past it they are told
+        anyway (a joiner still starting then is waited for in the re-rendezvous, as Horovod does).
     """
 
     stale_assignment_seconds = 3.0
+    prepare_timeout = 120.0
 
     def __init__(self, *args, discovery_interval=DISCOVERY_INTERVAL, **kwargs):
         # Read by the discovery thread, which Horovod's constructor starts.
         self.discovery_interval = discovery_interval
+        # (host, local rank) -> {"state": "waiting"|"go"|"dropped", "ready": bool, "since": t,
+        # "slot": the SlotInfo it was started with} of workers started ahead of a growth; the
+        # update kinds not announced yet.
+        self.prepared = {}
+        self._deferred_update = 0
+        self._deferred_since = None
         super().__init__(*args, **kwargs)
         self.no_survivor = None
         self.stop_timer = None
@@ -162,9 +179,11 @@ class ElasticDriver(HorovodElasticDriver):
                 try:
                     update = self._host_manager.update_available_hosts()
                     if update != Update.no_update:
-                        self._notify_workers_host_changes(self._host_manager.current_hosts,
-                                                          update)
+                        self._announce(self._host_manager.current_hosts, update)
                         self._wait_hosts_cond.notify_all()
+                    elif self._deferred_update and time.monotonic() - self._deferred_since \
+                            > self.prepare_timeout:
+                        self._announce_deferred()
                 except BaseException as err:  # pylint: disable=broad-except
                     if first_update:
                         self._shutdown.set()
@@ -173,6 +192,117 @@ class ElasticDriver(HorovodElasticDriver):
                     logging.warning(str(err))
             first_update = False
             self._shutdown.wait(self.discovery_interval)
+
+    # ------------------------------------------------------------ joiners started ahead
+    def _announce(self, current, update):
+        """Tell the survivors about a change, or first start the joiners of a pure growth.
+
+        Called with ``_wait_hosts_cond`` held.
+        """
+        if update == HostUpdateResult.added and self._host_assignments \
+                and self._create_worker_fn is not None \
+                and current.count_available_slots() >= self._min_num_proc:
+            active = {(s.hostname, s.local_rank) for v in self._host_assignments.values()
+                      for s in v}
+            upcoming = [s for v in self._get_host_assignments(current)[0].values() for s in v
+                        if (s.hostname, s.local_rank) not in active]
+            for slot in upcoming:
+                key = (slot.hostname, slot.local_rank)
+                if key not in self.prepared or self.prepared[key]["state"] != "waiting":
+                    self.prepared[key] = {"state": "waiting", "ready": False,
+                                          "since": time.monotonic(), "slot": slot}
+                    self._start_worker_process(slot)
+            if upcoming:
+                if not self._deferred_update:
+                    self._deferred_since = time.monotonic()
+                self._deferred_update |= update
+                if not self._all_prepared_ready():
+                    return
+        self._deferred_update |= update
+        self._announce_deferred()
+
+    def _all_prepared_ready(self):
+        return all(entry["ready"] for entry in self.prepared.values()
+                   if entry["state"] == "waiting")
+
+    def _announce_deferred(self):
+        """Notify the workers of the changes held back so far (``_wait_hosts_cond`` held)."""
+        update, self._deferred_update = self._deferred_update, 0
+        if update:
+            self._notify_workers_host_changes(self._host_manager.current_hosts, update)
+
+    def prepared_state(self, host, slot):
+        """``"prepared"`` if the worker of ``host[slot]`` was started ahead of a growth."""
+        with self._wait_hosts_cond:
+            return "prepared" if (host, slot) in self.prepared else "no"
+
+    def prepared_ready(self, host, slot):
+        """A worker started ahead reports its start-up done; the last one lets the change out."""
+        with self._wait_hosts_cond:
+            entry = self.prepared.get((host, slot))
+            if entry is None or entry["state"] != "waiting":
+                return
+            entry["ready"] = True
+            if self._deferred_update and self._all_prepared_ready():
+                self._announce_deferred()
+
+    def join_answer(self, host, slot):
+        """``"wait"``, or the slot's assignment in the world formed since (rank -1: dropped)."""
+        with self._wait_hosts_cond:
+            entry = self.prepared.get((host, slot))
+            if entry is None or entry["state"] == "dropped":
+                return hvd_hosts.INVALID_SLOT_INFO.to_response_string()
+            if entry["state"] == "waiting":
+                return "wait"
+            return self.get_slot_info(host, slot).to_response_string()
+
+    def _start_worker_processes(self, pending_slots):
+        """Start the new world's workers, except those started ahead: let those in instead."""
+        with self._wait_hosts_cond:
+            pending = {(s.hostname, s.local_rank) for s in pending_slots}
+            letting_in = set()
+            for key, entry in list(self.prepared.items()):
+                if entry["state"] == "waiting":
+                    entry["state"] = "go" if key in pending else "dropped"
+                    if key in pending:
+                        letting_in.add(key)
+                elif key in pending:
+                    # The answer of an earlier growth: this slot's new worker starts the usual
+                    # way and is not one started ahead.
+                    del self.prepared[key]
+            fresh = [s for s in pending_slots if (s.hostname, s.local_rank) not in letting_in]
+        super()._start_worker_processes(fresh)
+
+    def stop(self, error_message=None):
+        """Stop the job; workers started ahead and never let in are told to leave first.
+
+        They leave with exit code 0 once their start-up is done (at most ``prepare_timeout``
+        seconds are waited for), rather than being terminated in the middle of it.
+        """
+        with self._wait_hosts_cond:
+            leaving = [entry for entry in self.prepared.values() if entry["state"] == "waiting"]
+            for entry in leaving:
+                entry["state"] = "dropped"
+        deadline = time.monotonic() + self.prepare_timeout
+        while any(not entry.get("exited") for entry in leaving) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        super().stop(error_message)
+
+    def _handle_worker_exit(self, slot_info, exit_code, timestamp):
+        key = (slot_info.hostname, slot_info.local_rank)
+        with self._wait_hosts_cond:
+            entry = self.prepared.get(key)
+            if entry is not None and entry["slot"] is slot_info:
+                entry["exited"] = True
+            # The exit of this very worker (the slot's previous worker may end only now).
+            if entry is not None and entry["state"] == "waiting" and entry["slot"] is slot_info:
+                # Died during its start-up: the growth goes on without it (the next world
+                # starts a worker there the usual way).
+                del self.prepared[key]
+                if self._deferred_update and self._all_prepared_ready():
+                    self._announce_deferred()
+                return
+        super()._handle_worker_exit(slot_info, exit_code, timestamp)
 
     def _renotify_stale_assignments(self):
         """Announce a host change again when the world still differs from the hosts listed.
@@ -189,6 +319,9 @@ class ElasticDriver(HorovodElasticDriver):
         while not self._shutdown.wait(1.0):
             with self._wait_hosts_cond:
                 current = self._host_manager.current_hosts
+                if self._deferred_update:  # joiners are starting: the change is held back
+                    stale_since = None
+                    continue
                 if not self._host_assignments \
                         or current.count_available_slots() < self._min_num_proc:
                     stale_since = None
@@ -264,11 +397,23 @@ def rendezvous_handler(driver):
 
     class Handler(base):
         def _get_value(self, scope, key):
-            if scope == NEXT_ASSIGNMENT_SCOPE:
+            if scope in (NEXT_ASSIGNMENT_SCOPE, PREPARED_SCOPE, JOIN_SCOPE):
                 host, local_rank = key.split(":")
-                info = driver.next_slot_info(host, int(local_rank))
-                return info.to_response_string().encode("ascii")
+                if scope == NEXT_ASSIGNMENT_SCOPE:
+                    answer = driver.next_slot_info(host, int(local_rank)).to_response_string()
+                elif scope == PREPARED_SCOPE:
+                    answer = driver.prepared_state(host, int(local_rank))
+                else:
+                    answer = driver.join_answer(host, int(local_rank))
+                return answer.encode("ascii")
             return super()._get_value(scope, key)
+
+        def _put_value(self, scope, key, value):
+            if scope == PREPARED_SCOPE:
+                host, local_rank = key.split(":")
+                driver.prepared_ready(host, int(local_rank))
+                return
+            super()._put_value(scope, key, value)
 
     return Handler
 

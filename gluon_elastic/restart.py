@@ -56,6 +56,12 @@ ORPHAN_EXIT_CODE = 70
 # Rendezvous scope in which gluon_elastic.horovodrun's driver answers a worker's "does my slot
 # have a rank in the next world?" without registering it (gluon_elastic.run asks it).
 NEXT_ASSIGNMENT_SCOPE = "next_assignment"
+# Rendezvous scope of a worker that gluon_elastic.horovodrun's driver started ahead of a growth:
+# GET says whether this slot was started ahead ("prepared") or not ("no"); PUT reports the
+# worker's start-up done; GET on JOIN_SCOPE answers "wait" until the survivors have formed the
+# new world, then this slot's assignment in it (rank -1: dropped).
+PREPARED_SCOPE = "prepared_joiner"
+JOIN_SCOPE = "join"
 
 # The environment the supervisor sets for every worker.
 ENV = {

@@ -60,6 +60,11 @@ What MXNet needs around Horovod, handled here:
   world size. Plain ``horovodrun`` cannot answer the non-registering question: there a worker
   asks the registering one after a change announced as removing slots, and a change that adds
   and removes at once must be announced as two changes.
+- **A joiner started ahead of a growth** (under :mod:`gluon_elastic.horovodrun`, when discovery
+  only adds slots) reports its start-up done when it creates its Horovod backend and waits there
+  until the survivors, told only then, have formed the new world
+  (:func:`join_when_let_in`); the survivors train on while it starts. If the job ends first, it
+  is told it has no rank and leaves with exit code 0.
 - **Durable commits.** With ``GLUON_ELASTIC_CHECKPOINT_DIR`` set (the launcher sets it), rank 0
   writes commits to a :class:`gluon_elastic.checkpoint.CheckpointManager`, serialised and
   written in a background thread from the commit's host buffers
@@ -79,6 +84,7 @@ and under plain ``horovodrun -np N``, the wrapper syncs once and calls ``func(st
 import functools
 import logging
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -87,11 +93,14 @@ import urllib.request
 import mxnet as mx
 
 from .checkpoint import CheckpointManager
-from .restart import ENV, NEXT_ASSIGNMENT_SCOPE
+from .restart import ENV, JOIN_SCOPE, NEXT_ASSIGNMENT_SCOPE, PREPARED_SCOPE
 from .state import HOSTS_REMOVED, CommitPolicy
 
 __all__ = ["run", "HorovodInternalError", "HostsUpdatedInterrupt", "is_horovod_error",
-           "ask_rank_and_size", "ask_next_assignment"]
+           "ask_rank_and_size", "ask_next_assignment", "join_when_let_in"]
+
+# Seconds between two questions of a worker waiting to be let into the next world.
+JOIN_POLL_SECONDS = 0.02
 
 logger = logging.getLogger("gluon_elastic")
 
@@ -124,7 +133,10 @@ def _translated(call, *args, **kwargs):
         return call(*args, **kwargs)
     except mx.base.MXNetError as err:
         if is_horovod_error(err):
-            raise HorovodInternalError(str(err).strip().splitlines()[0]) from err
+            # The line that names the failure (some messages open with a stack trace).
+            lines = str(err).strip().splitlines()
+            named = [line for line in lines if is_horovod_error(line)]
+            raise HorovodInternalError((named or lines)[0].strip()) from err
         raise
 
 
@@ -188,6 +200,65 @@ def ask_next_assignment(timeout=30.0):
         if err.code == 404:  # Horovod's own store: an unknown scope holds no value
             return None
         raise
+
+
+def join_when_let_in(timeout=3600.0):
+    """Before a worker's first ``hvd.init()``: if the driver started it ahead of a growth, report
+    its start-up done and wait until the survivors have formed the new world.
+
+    Under :mod:`gluon_elastic.horovodrun` a worker added by discovery starts while the others
+    keep training (see the launcher's docstring). Its environment carries the slot it was given
+    when it was started; the world formed when the survivors are told may differ (another change
+    came meanwhile), so the environment is updated from the driver's answer before Horovod reads
+    it. A slot dropped meanwhile leaves with exit code 0.
+
+    Returns
+    -------
+    bool
+        True when this worker was started ahead and is now let in; False otherwise (a worker of
+        the first world, a worker started the usual way, or a driver that does not answer).
+    """
+    url = _rendezvous_url(PREPARED_SCOPE)
+    try:
+        with urllib.request.urlopen(url, timeout=30.0) as response:
+            prepared = response.read().decode("ascii") == "prepared"
+    except urllib.error.HTTPError as err:
+        if err.code == 404:  # Horovod's own store: no such question
+            return False
+        raise
+    if not prepared:
+        return False
+    # Not part of any world yet: if the job ends meanwhile (the driver stops its workers with
+    # SIGTERM), there is nothing to lose and this worker leaves quietly.
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # pylint: disable=protected-access
+    except ValueError:  # not the main thread
+        previous = None
+    request = urllib.request.Request(url, data=b"ready", method="PUT")
+    with urllib.request.urlopen(request, timeout=30.0):
+        pass
+    join_url = _rendezvous_url(JOIN_SCOPE)
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(join_url, timeout=30.0) as response:
+            answer = response.read().decode("ascii")
+        if answer != "wait":
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("not let into the job within %.0f s of the start-up" % timeout)
+        time.sleep(JOIN_POLL_SECONDS)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    rank, size, local_rank, local_size, cross_rank, cross_size = _parse_slot_answer(answer,
+                                                                                    join_url)
+    if rank < 0:
+        _leave_removed()
+    os.environ.update({"HOROVOD_RANK": str(rank), "HOROVOD_SIZE": str(size),
+                       "HOROVOD_LOCAL_RANK": str(local_rank),
+                       "HOROVOD_LOCAL_SIZE": str(local_size),
+                       "HOROVOD_CROSS_RANK": str(cross_rank),
+                       "HOROVOD_CROSS_SIZE": str(cross_size)})
+    return True
 
 
 def _leave_removed():

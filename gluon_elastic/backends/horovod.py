@@ -87,6 +87,12 @@ class HorovodBackend(Backend):
         if self.elastic_driver:
             _die_on_segfault()
         if not hvd.is_initialized():
+            if self.elastic_driver:
+                # A worker started ahead of a growth reports its start-up done here and waits
+                # until the survivors have formed the new world (its hvd.init() joins that world).
+                from ..run import join_when_let_in  # pylint: disable=import-outside-toplevel
+
+                join_when_let_in()
             self.init()
 
     def init(self):

@@ -122,6 +122,47 @@ def test_a_discovery_change_is_seen_within_0_3_s(tmp_path):
     assert statistics.median(delays) < 0.3, delays
 
 
+@pytest.mark.timeout(60)
+def test_a_joiner_is_started_before_the_survivors_are_told(driver):
+    import threading
+
+    from horovod.runner.common.util import hosts as hvd_hosts
+
+    wait_for(lambda: driver._host_manager.current_hosts.count_available_slots() == 2)
+    driver._update_host_assignments(driver._host_manager.current_hosts)
+    started, release = [], threading.Event()
+
+    def create_worker(slot_info, events):  # a worker process that runs until released
+        started.append((slot_info.hostname, slot_info.rank, slot_info.size))
+        release.wait(30)
+        return 0, time.time()
+
+    driver._create_worker_fn = create_worker
+    notified = []
+    driver._notify_workers_host_changes = lambda hosts, update: notified.append(int(update))
+    driver.fixed_hosts.set({"a": 1, "b": 1, "c": 1})
+    wait_for(lambda: started)
+    time.sleep(0.5)  # several discovery rounds: the survivors are still not told
+    assert started == [("c", 2, 3)] and notified == []
+    assert driver.prepared_state("c", 0) == "prepared" and driver.prepared_state("a", 0) == "no"
+    assert driver.join_answer("c", 0) == "wait"
+    driver.prepared_ready("c", 0)
+    assert notified == [2]  # added
+    # The survivors' round forms the world of 3; the joiner started ahead is let in, not started.
+    pending = driver._update_host_assignments(driver._host_manager.current_hosts)
+    driver._start_worker_processes(pending)
+    time.sleep(0.2)
+    assert started == [("c", 2, 3)]
+    assert driver.join_answer("c", 0) == driver.get_slot_info("c", 0).to_response_string()
+    # A later world that starts c anew (after c left) starts it the usual way.
+    driver._start_worker_processes(pending)
+    wait_for(lambda: len(started) == 2)
+    assert driver.prepared_state("c", 0) == "no"
+    assert driver.join_answer("c", 0) == hvd_hosts.INVALID_SLOT_INFO.to_response_string()
+    driver.stop()  # the fake workers end with the driver stopped: their exits are ignored
+    release.set()
+
+
 def fake_driver(codes):
     """A driver command whose generation g exits with ``codes[g]`` (negative: killed by signal)."""
 

@@ -22,6 +22,9 @@ Started by ``horovodrun --host-discovery-script`` from tests/dist/test_horovod_e
   beside the next step. ``--auto-commit STEPS``: the state's ``CommitPolicy`` (default overhead
   and time cap, at least every STEPS steps) adds commits of its own (otherwise every commit is the
   loop's, every ``--commit-interval`` steps and at the end of each epoch).
+- ``--startup-sleep RANK:SECONDS``: a worker launched with rank RANK (a joiner of a growth) sleeps
+  SECONDS in its start-up, before it creates its Horovod backend, and records ``startup.<pid>``
+  (start and end of its start-up); ``--step-sleep SECONDS`` lengthens every step.
 - Every rank appends to ``commits.<pid>.jsonl`` the digests of all its parameters and of its
   momentum at every commit, as a commit callback (the state then holds exactly what the commit
   snapshot queued).
@@ -77,6 +80,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-wait", action="store_true")
     parser.add_argument("--auto-commit", type=int, default=None, metavar="STEPS")
     parser.add_argument("--kill-seed", type=int, default=0)
+    parser.add_argument("--startup-sleep", default=None, metavar="RANK:SECONDS")
+    parser.add_argument("--step-sleep", type=float, default=0.0)
     return parser.parse_args(argv)
 
 
@@ -200,6 +205,13 @@ def main(argv=None):
     features, targets = data()
     mx.random.seed(1)
     net = build_net()
+    if args.startup_sleep:
+        sleep_rank, seconds = args.startup_sleep.split(":")
+        if os.environ.get("HOROVOD_RANK") == sleep_rank:
+            slept_from = time.time()
+            time.sleep(float(seconds))
+            with open(os.path.join(args.log_dir, "startup.%d.json" % os.getpid()), "w") as fout:
+                json.dump({"sleep_start": slept_from, "startup_done": time.time()}, fout)
     backend = backends.create("horovod")
     trainer = ElasticTrainer(net.collect_params(), "sgd",
                              {"learning_rate": BASE_LR, "momentum": MOMENTUM, "wd": 1e-4},
@@ -350,6 +362,8 @@ def main(argv=None):
                                    mx.nd.array(targets[indices]))
                 loss.backward()
                 trainer.step(global_batch_size=global_batch_size)
+                if args.step_sleep:
+                    time.sleep(args.step_sleep)
                 if not args.no_wait:
                     mx.nd.waitall()
                 sampler.record(global_batch_size)
