@@ -244,8 +244,9 @@ def test_convergence_gpu_scale_dry_run(out_dir):
     proc = run([PYTHON, "benchmarks/convergence.py", "--scale", "gpu", "--dry-run",
                 "--train-samples", "2048", "--data-dir", str(out_dir), "--out",
                 str(out_dir / "never")], timeout=300)
-    assert "scale gpu: 165 runs = 3 cells x 11 methods x 5 seeds; model cnn on cpu" in proc.stdout
-    # The first run of the plan (AdaScale, grow16) shortened to 256 samples a phase: 16 steps in
+    # The study's 10 methods (AdaScale's second row only on request).
+    assert "scale gpu: 150 runs = 3 cells x 10 methods x 5 seeds; model cnn on cpu" in proc.stdout
+    # The first run of the plan (grow16) shortened to 256 samples a phase: 16 steps in
     # the one-worker world, 1 at 16 workers, 8 at 2.
     assert "dry run: cnn on cpu, 25 steps" in proc.stdout
     assert not (out_dir / "never").exists()
