@@ -507,6 +507,20 @@ def _yolo_loader(args, train_set, net):
     return make_loader
 
 
+def gluoncv_entry(kind):
+    """``(parse_args, train, main)`` of GluonCV's command line for ``kind``: the functions of the
+    entry scripts ``train_ssd.py``, ``train_yolo3.py`` and ``train_faster_rcnn.py``."""
+    def parse_args(argv=None):
+        """GluonCV's flags into the recipe's arguments; exit 2 on bad input."""
+        return parse_gluoncv_args(kind, argv)
+
+    def main(argv=None):
+        """Command-line entry point."""
+        train_gluoncv(parse_args(argv))
+
+    return parse_args, train_gluoncv, main
+
+
 def train_gluoncv(args):
     """Train from :func:`parse_gluoncv_args`: GluonCV's losses in its log lines, its validation
     interval, its ``--save-prefix`` files and ``--resume``/``--start-epoch``; Faster R-CNN with

@@ -13,22 +13,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_detection  # noqa: E402
 
-KIND = "yolo3"
-
-
-def parse_args(argv=None):
-    """GluonCV's flags into the recipe's arguments; exit 2 on bad input."""
-    return train_detection.parse_gluoncv_args(KIND, argv)
-
-
-def train(args):
-    """Train; returns the :class:`gluon_elastic.recipe.ElasticLoop`."""
-    return train_detection.train_gluoncv(args)
-
-
-def main(argv=None):
-    """Command-line entry point."""
-    train(parse_args(argv))
+# parse_args(argv) -> arguments (exit 2 on bad input); train(args) -> the ElasticLoop; main(argv).
+parse_args, train, main = train_detection.gluoncv_entry("yolo3")
 
 
 if __name__ == "__main__":

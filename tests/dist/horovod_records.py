@@ -87,3 +87,15 @@ def assert_progress_never_behind_last_commit(job, final_progress):
         elif record["event"] == "start":
             assert record["progress"] >= last_commit, record
     assert job.events("end")[0]["progress"] == final_progress
+
+
+def assert_every_invariant(job, epochs, num_samples):
+    """The invariants of every elastic job: a clean exit, identical ranks after every reset, each
+    sample once per epoch in committed work, no restart behind the last commit; and, where the
+    job ran under a launcher that reports them (``job.leftovers``), no process left behind."""
+    assert_clean_exit(job)
+    assert_identical_after_every_reset(job)
+    assert_exactly_once(job, epochs, num_samples)
+    assert_progress_never_behind_last_commit(job, epochs * num_samples)
+    if hasattr(job, "leftovers"):
+        assert not job.leftovers, job.leftovers

@@ -18,9 +18,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "dist"))
 # pylint: disable=wrong-import-position
-from horovod_records import (Job, assert_clean_exit, assert_exactly_once,  # noqa: E402
-                             assert_identical_after_every_reset,
-                             assert_progress_never_behind_last_commit)
+from horovod_records import Job, assert_every_invariant  # noqa: E402
 from processes import run_elastic_horovodrun  # noqa: E402
 
 pytestmark = pytest.mark.dist
@@ -58,11 +56,7 @@ def job(tmp_path_factory):
 
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
 def test_job_keeps_every_invariant(job):
-    assert_clean_exit(job)
-    assert job.leftovers == []
-    assert_identical_after_every_reset(job)
-    assert_exactly_once(job, EPOCHS, NUM_SAMPLES)
-    assert_progress_never_behind_last_commit(job, EPOCHS * NUM_SAMPLES)
+    assert_every_invariant(job, EPOCHS, NUM_SAMPLES)
 
 
 @pytest.mark.timeout(JOB_TIMEOUT + 30)

@@ -31,9 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "workers"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "dist"))
 # pylint: disable=wrong-import-position
-from horovod_records import (Job, assert_clean_exit, assert_exactly_once,  # noqa: E402
-                             assert_identical_after_every_reset,
-                             assert_progress_never_behind_last_commit)
+from horovod_records import Job, assert_every_invariant  # noqa: E402
 from horovod_elastic import STOP_SECONDS, chaos_plan, listed  # noqa: E402
 from processes import loopback_hosts, run_elastic_horovodrun  # noqa: E402
 
@@ -123,11 +121,7 @@ JOBS = ["replacement_job", "stop_job", "no_survivor_job", "all_dead_job", "drive
 @pytest.mark.parametrize("job_name", JOBS)
 def test_job_keeps_every_invariant(job_name, request):
     job = request.getfixturevalue(job_name)
-    assert_clean_exit(job)
-    assert job.leftovers == []  # the launcher left no process of the job behind
-    assert_identical_after_every_reset(job)
-    assert_exactly_once(job, EPOCHS, NUM_SAMPLES)
-    assert_progress_never_behind_last_commit(job, EPOCHS * NUM_SAMPLES)
+    assert_every_invariant(job, EPOCHS, NUM_SAMPLES)
 
 
 @needs_hosts
@@ -203,11 +197,7 @@ def test_driver_killed_resumes_from_the_durable_commit(driver_killed_job):
 @needs_hosts
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
 def test_chaos_keeps_every_invariant(chaos_job):
-    assert_clean_exit(chaos_job)
-    assert chaos_job.leftovers == []
-    assert_identical_after_every_reset(chaos_job)
-    assert_exactly_once(chaos_job, CHAOS_EPOCHS, NUM_SAMPLES)
-    assert_progress_never_behind_last_commit(chaos_job, CHAOS_EPOCHS * NUM_SAMPLES)
+    assert_every_invariant(chaos_job, CHAOS_EPOCHS, NUM_SAMPLES)
 
 
 @needs_hosts
