@@ -12,8 +12,10 @@ py=$(bash tools/bootstrap.sh | tail -n 1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# 2 workers from the start, 3 after 1,000 samples, 1 after 6,000 (of 12,000 in three epochs).
-schedule="0:2;1000:3;6000:1"
+# 2 workers from the start, 3 after 1,000 samples, 1 after 24,000 (of 32,000 in eight epochs): the
+# third worker starts while the two train on, and joins once its start-up is done (a few seconds,
+# some 10,000 samples here), so its phase is long enough to see it train.
+schedule="0:2;1000:3;24000:1"
 "$py" scripts/discovery.py write --schedule "$schedule" --progress-file "$work/progress" \
     --out "$work/discover.sh" >/dev/null
 echo "elastic MNIST: discovery schedule (samples:workers) $schedule"
@@ -28,4 +30,4 @@ export HOROVOD_GLOO_TIMEOUT_SECONDS=${HOROVOD_GLOO_TIMEOUT_SECONDS:-120}
     --host-discovery-script "$work/discover.sh" --network-interface lo \
     --checkpoint-dir "$work/checkpoints" --max-restarts 3 -- \
     "$py" scripts/train_mnist.py --backend horovod --progress-file "$work/progress" \
-    --epochs 3 --log-interval 10 "$@"
+    --epochs 8 --log-interval 10 "$@"
