@@ -264,15 +264,16 @@ def commit_worker(args):
     train(state)
 
 
-def run_commit_job(log_dir, model, timeout):
-    """A fixed world of 2 under the project's launcher measuring ``model``'s commit cost."""
-    command = [sys.executable, "-m", "gluon_elastic.horovodrun", "-np", "2", "-H", "localhost:2",
-               "--network-interface", "lo", "--checkpoint-dir",
-               os.path.join(log_dir, "checkpoints"), "--",
-               sys.executable, os.path.abspath(__file__), "--worker", "--log-dir", log_dir,
-               "--commit-cost", model]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HOROVOD_GLOO_TIMEOUT_SECONDS="120",
-               MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0", PYTHONPATH=ROOT)
+JOB_ENV = {"OMP_NUM_THREADS": "1", "HOROVOD_GLOO_TIMEOUT_SECONDS": "120",
+           "MXNET_MKLDNN_ENABLED": "0", "MXNET_STORAGE_FALLBACK_LOG_VERBOSE": "0",
+           "PYTHONPATH": ROOT}
+
+
+def run_launcher(command, log_dir, timeout, what, env=None):
+    """Run a launcher ``command`` with its output in ``log_dir``/output.txt; its whole process
+    group is killed after ``timeout`` s, and a failure raises with the end of the output (the log
+    directory is temporary)."""
+    env = dict(os.environ, **JOB_ENV) if env is None else env
     with open(os.path.join(log_dir, "output.txt"), "w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -285,7 +286,17 @@ def run_commit_job(log_dir, model, timeout):
     if proc.returncode != 0:
         with open(os.path.join(log_dir, "output.txt"), errors="replace") as fin:
             tail = fin.read()[-4000:]
-        raise RuntimeError("commit-cost job failed (exit %s):\n%s" % (proc.returncode, tail))
+        raise RuntimeError("%s failed (exit %s):\n%s" % (what, proc.returncode, tail))
+
+
+def run_commit_job(log_dir, model, timeout):
+    """A fixed world of 2 under the project's launcher measuring ``model``'s commit cost."""
+    command = [sys.executable, "-m", "gluon_elastic.horovodrun", "-np", "2", "-H", "localhost:2",
+               "--network-interface", "lo", "--checkpoint-dir",
+               os.path.join(log_dir, "checkpoints"), "--",
+               sys.executable, os.path.abspath(__file__), "--worker", "--log-dir", log_dir,
+               "--commit-cost", model]
+    run_launcher(command, log_dir, timeout, "commit-cost job")
     with open(os.path.join(log_dir, "commit_cost.json")) as fin:
         return json.load(fin)
 
@@ -402,23 +413,8 @@ def run_job(log_dir, steps, timeout, cluster=None):
                "--max-np", "3", "--host-discovery-script", script, "--network-interface",
                "lo" if cluster is None else cluster.interface,
                "--checkpoint-dir", os.path.join(log_dir, "checkpoints"), "--"] + worker
-    env = dict(os.environ, OMP_NUM_THREADS="1", HOROVOD_GLOO_TIMEOUT_SECONDS="120",
-               MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0", PYTHONPATH=ROOT)
-    if cluster is not None:
-        env = cluster.env(dict(env, PYTHONPATH=ROOT))
-    with open(os.path.join(log_dir, "output.txt"), "w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    if proc.returncode != 0:  # the log directory is temporary: show the end of the output
-        with open(os.path.join(log_dir, "output.txt"), errors="replace") as fin:
-            tail = fin.read()[-4000:]
-        raise RuntimeError("benchmark job failed (exit %s):\n%s" % (proc.returncode, tail))
+    env = None if cluster is None else cluster.env(dict(os.environ, **JOB_ENV))
+    run_launcher(command, log_dir, timeout, "benchmark job", env=env)
     records = []
     for name in os.listdir(log_dir):
         if name.startswith("worker."):

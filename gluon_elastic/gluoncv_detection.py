@@ -138,7 +138,7 @@ def _add_faster_rcnn_args(parser, group):
                        help="last epochs trained without mixup (default: %(default)s)")
     group.add_argument("--norm-layer", default=None, choices=(None, "syncbn"),
                        help="None: frozen BatchNorm in the backbone; syncbn: the zoo's syncbn "
-                            "model (one device per process here)")
+                            "model, SyncBatchNorm over the devices of a process")
     group.add_argument("--rpn-smoothl1-rho", type=_flags.non_negative_float, default=1. / 9.,
                        help="RPN box loss: transition point from L1 to L2 (default: 1/9)")
     group.add_argument("--rcnn-smoothl1-rho", type=_flags.non_negative_float, default=1.,
@@ -149,10 +149,10 @@ def _add_faster_rcnn_args(parser, group):
     group.add_argument("--static-alloc", action="store_true",
                        help="hybridize with static memory allocation")
     group.add_argument("--executor-threads", type=_flags.positive_int, default=1,
-                       help="accepted: one device per process, so there is nothing to run in "
-                            "parallel (default: %(default)s)")
+                       help="accepted: the devices' passes are queued on MXNet's engine from "
+                            "one thread, which runs them in parallel (default: %(default)s)")
     group.add_argument("--kv-store", default="nccl",
-                       help="nccl, device, local: this process's store (one device here); "
+                       help="nccl, device, local: this process's store; "
                             "dist_sync, dist_device_sync: the --backend (default: %(default)s)")
     subparsers = parser.add_subparsers(dest="custom_model")
     custom = subparsers.add_parser(

@@ -388,6 +388,8 @@ class ElasticLoop:
         Their gradients stay at the zeros the step started from; marking them fresh lets the
         trainer sum them in rather than refuse them as stale.
         """
+        if largest_shard >= len(self.contexts):
+            return   # every device had samples (the usual case): nothing to walk
         for param in self._trained_params:
             for data in param.list_data()[largest_shard:]:
                 data._fresh_grad = True  # pylint: disable=protected-access
