@@ -140,7 +140,11 @@ def worker(args):
 
     @run
     def train(state):
-        record("synced")
+        receivers = state.last_sync_receivers or []
+        transfer = state.last_transfer if receivers and (
+            trainer.rank == 0 or trainer.rank in receivers) else None
+        record("synced", transfer_bytes=transfer and transfer[0],
+               transfer_seconds=transfer and transfer[1])
         while trainer.iteration < args.steps:
             iteration = trainer.iteration
             wanted = discovery.world_size_at(schedule, iteration)
@@ -430,7 +434,8 @@ def phases(records):
     for rec in records:
         by_pid.setdefault(rec["pid"], []).append(rec)
     announced = sorted(r["time"] for r in records if r["event"] == "change_announced")
-    result = {"grow": {}, "shrink": {}, "join": {}, "floor_init": [], "commit": [], "step": []}
+    result = {"grow": {}, "shrink": {}, "join": {}, "floor_init": [], "commit": [], "step": [],
+              "transfer": []}
     for pid_records in by_pid.values():
         pid_records.sort(key=lambda r: r["time"])
         process = next(r for r in pid_records if r["event"] == "process")
@@ -468,6 +473,11 @@ def phases(records):
                                 ("start-up end to first step", step["time"] - process["built"]),
                                 ("total from change", step["time"] - announced[0])):
                 result["join"].setdefault(name, []).append(value)
+        # The full-state transfers of a growth (sender and receiver sides; rank 0's first sync
+        # of the launch has no receiver to stream to and is not one of them).
+        result["transfer"].extend([r["transfer_seconds"], r["transfer_bytes"]] for r in pid_records
+                                  if r["event"] == "synced" and r.get("transfer_seconds")
+                                  and announced and r["time"] > announced[0])
         result["commit"].extend(r["seconds"] for r in pid_records if r["event"] == "commit")
         result["step"].extend(r["seconds"] for r in pid_records
                               if r["event"] == "step" and r["iteration"] > 8)
@@ -556,6 +566,11 @@ def measure(args, bandwidth, cluster=None, link=None):
              "loopback" if cluster is None else "host to host", bandwidth / 1e9))
     print("floor: Gloo init %.2f s + broadcast %.2f s = %.2f s" % (
         floor_init, state_bytes / bandwidth, floor))
+    if merged.get("transfer"):
+        seconds = median([t[0] for t in merged["transfer"]])
+        transfer_floor = median([t[1] for t in merged["transfer"]]) / bandwidth
+        print("state transfer to the joiner (median of %d sides): %.3f s, %.1f x the link's %.3f s"
+              % (len(merged["transfer"]), seconds, seconds / transfer_floor, transfer_floor))
     for kind, title in (("grow", "survivors, 2 -> 3"), ("shrink", "survivors, 3 -> 2"),
                         ("join", "joining worker, 2 -> 3")):
         print("%s (median of %d):" % (title, len(merged.get(kind, {}).get("first step", []))))

@@ -213,6 +213,10 @@ class ElasticState(State):
     last_host_update : int
         Combined kind of the last membership change acted upon (Horovod's ``HostUpdateResult``
         bits: 1 slots removed, 2 slots added).
+    last_sync_receivers : list of int or None
+        The ranks the last :meth:`sync` sent the full state to (None before the first sync).
+    last_transfer : tuple or None
+        ``(bytes, seconds)`` of the last full-state transfer (this rank's side of it).
     commit_count : int
         Commits taken since construction.
     last_commit_seconds : float
@@ -244,8 +248,9 @@ class ElasticState(State):
         self._host_view = (0, 0, 0)
         self._commit_callbacks = []
         self._snapshot = _Snapshot()
-        self._needs_full_sync = True
-        self.last_sync_full = None
+        self._in_lineage = False
+        self.last_sync_receivers = None
+        self.last_transfer = None
         self._commit_wanted = False
         self._commit_agreed = False
         self._last_commit = (time.monotonic(), trainer.iteration)
@@ -260,6 +265,9 @@ class ElasticState(State):
                 self._snapshot.wait()
             self.copy_seconds = time.perf_counter() - tic
         self.commit_count = 0
+        # A joiner receives the state in its first sync: its host memory for that is made ready
+        # now, during its start-up.
+        trainer.backend.reserve_send_buffers(self._transfer_arrays())
 
     # ------------------------------------------------------------------------ plain-value form
     def user_values(self):
@@ -315,7 +323,7 @@ class ElasticState(State):
             if name not in self._user_names:
                 self._user_names.append(name)
             setattr(self, name, copy.deepcopy(value))
-        self._needs_full_sync = True
+        self._in_lineage = False
         mx.nd.waitall()
 
     # -------------------------------------------------------------------- commit / restore / sync
@@ -458,7 +466,33 @@ class ElasticState(State):
             if name not in self._user_names:
                 self._user_names.append(name)
             setattr(self, name, value)
-        self._needs_full_sync = True
+
+    def _held_state(self):
+        """Which trained state this rank holds: its iteration, or None when unknown.
+
+        Every rank of a job that synced once follows one lineage: the same steps from the same
+        state, so ranks at the same iteration hold the same parameters and optimizer states,
+        live or restored from a commit (commits are taken at agreed steps). A rank that never
+        synced (a joiner, a fresh launch) or that loaded a state from elsewhere holds an
+        unknown one.
+        """
+        return self.trainer.iteration if self._in_lineage else None
+
+    def _full_state_receivers(self):
+        """The ranks that need rank 0's full state: those that do not hold it already.
+
+        One sum over the workers of a vector with a slot per rank (its iteration + 1, or 0 when
+        unknown): a rank needs the state when its slot differs from rank 0's; every rank needs
+        it when rank 0's is unknown.
+        """
+        backend = self.trainer.backend
+        held = self._held_state()
+        slots = np.zeros(backend.world_size, dtype=np.float64)
+        slots[backend.rank] = 0.0 if held is None else held + 1.0
+        slots = backend.sum_over_workers(slots)
+        if slots[0] == 0:
+            return list(range(1, backend.world_size))
+        return [rank for rank in range(1, backend.world_size) if slots[rank] != slots[0]]
 
     def sync(self):
         """Make every rank hold rank 0's live state.
@@ -468,25 +502,31 @@ class ElasticState(State):
         position, the user values and the reset count travel as one object. The trainer then
         applies the transition from the world of rank 0's state to the current one.
 
-        The full state travels only when some rank needs it: one that has not synced yet (a
-        joiner, a fresh launch), one that restored a commit or loaded a state since its last
-        sync. The ranks agree on that with one sum of a flag. Otherwise every rank already holds
-        the same trained parameters and optimizer states (they took the same steps from the same
-        state) and only the parameters without gradient (BatchNorm running statistics, which
-        follow each rank's batches) travel: a shrink costs the survivors no state transfer.
+        The full state goes only to the ranks that do not hold it (:meth:`_held_state`): a
+        joiner, every rank after a fresh launch, a rank that rolled back to an older commit
+        than rank 0's. The survivors of a shrink or of a failure hold rank 0's trained state
+        already. The backend's :meth:`send_arrays` carries it (on Horovod, direct streams from
+        rank 0 to the receivers); the parameters without gradient (BatchNorm running
+        statistics, which follow each rank's own batches) are broadcast to every rank.
         """
         backend = self.trainer.backend
         mx.nd.waitall()
-        full = self._needs_full_sync
+        receivers = []
         if backend.world_size > 1:
-            full = backend.sum_over_workers([1.0 if full else 0.0])[0] > 0
-        params = self.params if full else [p for p in self.params if p.grad_req == "null"]
-        if params:
-            backend.broadcast_parameters(params, root_rank=0)
-        if full:
-            backend.broadcast_arrays(self.trainer.optimizer_state_arrays(), root_rank=0,
-                                     name="optimizer_states")
-        self.last_sync_full = full
+            receivers = self._full_state_receivers()
+            if receivers:
+                tic = time.perf_counter()
+                arrays = self._transfer_arrays()
+                backend.send_arrays(arrays, receivers, root_rank=0, name="state")
+                if backend.rank in receivers:
+                    self._spread_first_device(arrays[len(self.params):])
+                self.last_transfer = (sum(a.size * np.dtype(a.dtype).itemsize for a in arrays),
+                                      time.perf_counter() - tic)
+                if backend.rank == 0 or backend.rank in receivers:
+                    logger.info("sync: rank 0's full state (%.1f MB) to ranks %s in %.3f s",
+                                self.last_transfer[0] / 1e6, receivers, self.last_transfer[1])
+            self._broadcast_statistics()
+        self.last_sync_receivers = receivers
         meta = backend.broadcast_object(dict({
             "elastic": self.trainer.elastic_state_dict(),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
@@ -501,7 +541,42 @@ class ElasticState(State):
         for name, value in meta["user"].items():
             setattr(self, name, value)
         self.generation = meta["generation"]
-        self._needs_full_sync = False
+        self._in_lineage = True
+
+    def _broadcast_statistics(self):
+        """Rank 0's parameters without gradient (BatchNorm statistics) to every rank.
+
+        Concatenated into one array per dtype: one collective instead of one per statistic
+        (ResNet-50 has 106, each a Horovod negotiation).
+        """
+        groups = {}
+        for param in self.params:
+            if param.grad_req == "null":
+                groups.setdefault(np.dtype(param.dtype).name, []).append(param)
+        for dtype, params in sorted(groups.items()):
+            flat = mx.nd.concat(*[p.list_data()[0].reshape(-1) for p in params], dim=0)
+            self.trainer.backend.broadcast_arrays([flat], root_rank=0, name="statistics." + dtype)
+            offset = 0
+            for param in params:
+                size = int(np.prod(param.shape))
+                param.set_data(flat[offset:offset + size].reshape(param.shape))
+                offset += size
+
+    def _transfer_arrays(self):
+        """What a full-state transfer carries: the first device's parameters and optimizer states."""
+        return [p.list_data()[0] for p in self.params] + \
+            self.trainer.optimizer_state_arrays(first_device=True)
+
+    def _spread_first_device(self, first_states):
+        """Give the other devices the first device's parameters and optimizer states."""
+        for param in self.params:
+            values = param.list_data()
+            for other in values[1:]:
+                values[0].copyto(other)
+        live = self.trainer.optimizer_state_arrays()
+        for start in range(len(first_states), len(live), len(first_states) or 1):
+            for source, target in zip(first_states, live[start:start + len(first_states)]):
+                source.copyto(target)
 
     # ---------------------------------------------------------------------- membership changes
     def _broadcast_host_view(self, view):

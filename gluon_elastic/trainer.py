@@ -352,8 +352,15 @@ class ElasticTrainer(gluon.Trainer):
                     arrays.append(state)
         return arrays
 
-    def optimizer_state_arrays(self):
-        """Every array of the optimizer states (momentum, fp32 master weights, Adam moments...)."""
+    def optimizer_state_arrays(self, first_device=False):
+        """Every array of the optimizer states (momentum, fp32 master weights, Adam moments...).
+
+        Parameters
+        ----------
+        first_device : bool
+            Only the first device's (each device holds the same values); default every device's,
+            one device after the other.
+        """
         arrays = []
 
         def collect(state):
@@ -363,7 +370,7 @@ class ElasticTrainer(gluon.Trainer):
                 for part in state:
                     collect(part)
 
-        for updater in self._updaters:
+        for updater in self._updaters[:1] if first_device else self._updaters:
             for index in sorted(updater.states):
                 collect(updater.states[index])
         return arrays

@@ -85,6 +85,22 @@ class Backend:
     def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
         """Overwrite ``arrays`` (a list of NDArrays, same shapes on every rank) with root's."""
 
+    def send_arrays(self, arrays, receivers, root_rank=0, name="arrays"):
+        """Overwrite ``arrays`` with root's on the ranks in ``receivers`` only.
+
+        A collective: every rank calls it with the same ``receivers``; the others keep their
+        values. Here the arrays are broadcast to every rank.
+        """
+        if any(rank != root_rank for rank in receivers):
+            self.broadcast_arrays(arrays, root_rank=root_rank, name=name)
+
+    def reserve_send_buffers(self, arrays):
+        """Prepare what a later :meth:`send_arrays` of arrays of this layout needs (host memory).
+
+        Called ahead of time (e.g. during a worker's start-up) so that the transfer does not pay
+        for it. Nothing here.
+        """
+
     def broadcast_object(self, obj, root_rank=0, name="object"):
         """Return root's value of a picklable ``obj`` on every rank."""
         return obj

@@ -13,6 +13,13 @@ copies a garbage-sized string until it holds tens of GB. The all-reduce path bui
 before queueing and is not affected; ``x + 0`` is exact, so the result is root's value bit for
 bit (a negative zero becomes a positive one, on every rank alike).
 
+A joiner's state does not take the all-reduce path: :meth:`HorovodBackend.send_arrays` streams
+it from rank 0 over direct TCP connections (:mod:`gluon_elastic.backends.stream`), each byte
+sent once per receiver, at the speed of the link. The survivors, which hold the state already,
+take no part beyond one small collective (the root's endpoint). Beyond
+``STREAM_MAX_RECEIVERS`` receivers the root's uplink would carry more than a ring all-reduce puts
+through every rank (about twice the state), and the all-reduce path is taken again.
+
 Failure propagation: when a worker dies, only the survivors that were exchanging data with it see
 the error at once ("Connection reset by peer"); a survivor blocked in a receive from another
 survivor waits for ``HOROVOD_GLOO_TIMEOUT_SECONDS``. :meth:`HorovodBackend.break_connections`
@@ -36,7 +43,10 @@ import socket
 
 from .base import Backend
 
-__all__ = ["HorovodBackend", "socket_inodes"]
+__all__ = ["HorovodBackend", "socket_inodes", "STREAM_MAX_RECEIVERS"]
+
+# Receivers up to which send_arrays streams from the root rather than all-reducing (see above).
+STREAM_MAX_RECEIVERS = 2
 
 
 def socket_inodes():
@@ -71,7 +81,8 @@ class HorovodBackend(Backend):
     ``elastic_driver`` is True under ``horovodrun --host-discovery-script``
     (``HOROVOD_ELASTIC=1``): a joining worker's state comes from ``ElasticState.sync()``.
     ``gloo_sockets`` maps the file descriptors of the connections the last :meth:`init` opened
-    to their socket inodes (what :meth:`break_connections` shuts down).
+    to their socket inodes (what :meth:`break_connections` shuts down); ``address`` is their local
+    IP address (None in a world of one), where :meth:`send_arrays` listens for receivers.
     """
 
     name = "horovod"
@@ -84,6 +95,8 @@ class HorovodBackend(Backend):
         self._hvd = hvd
         self.elastic_driver = os.environ.get("HOROVOD_ELASTIC") == "1"
         self.gloo_sockets = {}
+        self.address = None
+        self._send_buffers = None
         if self.elastic_driver:
             _die_on_segfault()
         if not hvd.is_initialized():
@@ -108,9 +121,12 @@ class HorovodBackend(Backend):
         self._hvd.init()
         opened = {fd: inode for fd, inode in socket_inodes().items()
                   if before.get(fd) != inode}
-        connected = {conn.fd for conn in psutil.Process().net_connections(kind="tcp")
+        connected = {conn.fd: conn.laddr.ip
+                     for conn in psutil.Process().net_connections(kind="tcp")
                      if conn.status == psutil.CONN_ESTABLISHED}
         self.gloo_sockets = {fd: inode for fd, inode in opened.items() if fd in connected}
+        # The address the peers reach this worker at: Gloo's connections come from it.
+        self.address = next((connected[fd] for fd in sorted(self.gloo_sockets)), None)
 
     def break_connections(self):
         """Shut down the Gloo connections of the last :meth:`init`; returns how many.
@@ -165,6 +181,57 @@ class HorovodBackend(Backend):
     def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
         for index, array in enumerate(arrays):
             self._broadcast_inplace(array, root_rank, "%s.%d" % (name, index))
+
+    def send_arrays(self, arrays, receivers, root_rank=0, name="arrays"):
+        """Root's ``arrays`` to the ranks in ``receivers`` only, streamed over TCP.
+
+        Every rank calls it with the same ``receivers``. The root listens on its Gloo address,
+        the endpoint travels in one small collective, and each receiver pulls the arrays from
+        the root (:mod:`gluon_elastic.backends.stream`); the other ranks return at once. More
+        than ``STREAM_MAX_RECEIVERS`` receivers (or no address to listen on) take the all-reduce
+        path to every rank instead.
+        """
+        from . import stream  # pylint: disable=import-outside-toplevel
+
+        receivers = sorted(set(receivers) - {root_rank})
+        if not receivers:
+            return
+        if len(receivers) > STREAM_MAX_RECEIVERS:
+            self.broadcast_arrays(arrays, root_rank=root_rank, name=name)
+            return
+        timeout = float(os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", "30"))
+        sender = None
+        if self.rank == root_rank and self.address is not None:
+            sender = stream.StateSender(self.address, arrays, self._buffers_for(arrays), timeout)
+        try:
+            endpoint = self.broadcast_object(sender.endpoint if sender is not None else None,
+                                             root_rank=root_rank, name=name + ".endpoint")
+        except BaseException:
+            if sender is not None:
+                sender.close()
+            raise
+        if endpoint is None:  # the root has no address to listen on
+            self.broadcast_arrays(arrays, root_rank=root_rank, name=name)
+        elif sender is not None:
+            sender.serve(receivers)
+        elif self.rank in receivers:
+            stream.receive_arrays(endpoint, arrays, self._buffers_for(arrays), self.rank, timeout)
+
+    def reserve_send_buffers(self, arrays):
+        """Allocate and fault in the host buffers :meth:`send_arrays` stages ``arrays`` in.
+
+        One set is kept (the state's size in host memory), for the last layout asked for.
+        """
+        self._buffers_for(arrays)
+
+    def _buffers_for(self, arrays):
+        from . import stream  # pylint: disable=import-outside-toplevel
+
+        if self._send_buffers is None or \
+                self._send_buffers.digest != stream.layout_digest(arrays):
+            self._send_buffers = None   # freed before the next is allocated
+            self._send_buffers = stream.HostBuffers(arrays)
+        return self._send_buffers
 
     def broadcast_object(self, obj, root_rank=0, name="object"):
         import mxnet as mx

@@ -17,19 +17,31 @@ NUM_SAMPLES = 24
 
 
 class RootBackend(LocalBackend):
-    """One process playing a non-root rank: broadcasts return what the test set as rank 0's."""
+    """One process playing rank 0: collectives return what the test set as the other ranks' part.
+
+    ``others`` is what the other ranks add to ``sum_over_workers``; ``root_object`` what rank 0
+    broadcasts as the elastic state (when this process plays another rank).
+    """
 
     def __init__(self, world_size=1, elastic_driver=False):
         super().__init__("device", world_size=world_size)
         self.elastic_driver = elastic_driver
         self.root_object = None
+        self.others = None
         self.calls = []
+
+    def sum_over_workers(self, values):
+        self.calls.append(("sum", len(values)))
+        return values if self.others is None else values + self.others
 
     def broadcast_parameters(self, params, root_rank=0):
         self.calls.append(("params", [p.name for p in params]))
 
     def broadcast_arrays(self, arrays, root_rank=0, name="arrays"):
         self.calls.append((name, len(arrays)))
+
+    def send_arrays(self, arrays, receivers, root_rank=0, name="arrays"):
+        self.calls.append((name, len(arrays), list(receivers)))
 
     def broadcast_object(self, obj, root_rank=0, name="object"):
         self.calls.append(("object", name))
@@ -183,7 +195,7 @@ def test_reserved_and_uninitialised_inputs_are_refused():
         ElasticState(deferred, trainer)
 
 
-def test_sync_broadcasts_everything_and_applies_rank_0s_values():
+def test_sync_sends_everything_to_ranks_without_the_state_and_applies_rank_0s_values():
     backend = RootBackend(world_size=2)
     net, trainer, sampler = build(backend)
     state = ElasticState(net, trainer, sampler, epoch=0)
@@ -192,16 +204,71 @@ def test_sync_broadcasts_everything_and_applies_rank_0s_values():
                            "index_update_count": {0: 5}, "generation": 3, "user": {"epoch": 2},
                            "sampler": dict(sampler.state_dict(), epoch=2, processed=12)}
     backend.calls.clear()
-    state.sync()
-    names = [p.name for p in net.collect_params().values()]
-    assert backend.calls == [("params", names),
-                             ("optimizer_states", len(trainer.optimizer_state_arrays())),
-                             ("object", "elastic_state")]
-    assert len(trainer.optimizer_state_arrays()) == len(trainer.momentum_arrays()) > 0
-    assert any(name.endswith("running_var") for name in backend.calls[0][1])
+    state.sync()  # nobody has synced yet: rank 1 gets the full state
+    params = list(net.collect_params().values())
+    aux = [p.name for p in params if p.grad_req == "null"]
+    num_states = len(trainer.optimizer_state_arrays(first_device=True))
+    assert backend.calls == [("sum", 2), ("state", len(params) + num_states, [1]),
+                             ("statistics.float32", 1), ("object", "elastic_state")]
+    assert num_states == len(trainer.momentum_arrays()) > 0
+    assert len(aux) == 2 and all(name.startswith("batchnorm") for name in aux)
+    assert state.last_sync_receivers == [1]
     assert (trainer.iteration, trainer.progress) == (5, 20)
     assert (sampler.epoch, sampler.processed) == (2, 12)
     assert state.epoch == 2 and state.generation == 3
+
+
+@pytest.mark.parametrize("others, receivers", [
+    ([0, 4, 4, 4], []),        # every rank at rank 0's iteration: same lineage, same state
+    ([0, 4, 0, 4], [2]),       # rank 2 holds nothing known (a joiner)
+    ([0, 2, 4, 0], [1, 3]),    # rank 1 rolled back to an older commit; rank 3 joins
+])
+def test_sync_sends_the_full_state_only_to_ranks_that_lack_it(others, receivers):
+    backend = RootBackend(world_size=4)
+    net, trainer, sampler = build(backend, world_size=4)
+    state = ElasticState(net, trainer, sampler)
+    state.sync()              # rank 0 now holds the job's state (others: unknown)
+    train_steps(net, trainer, sampler, 3)
+    assert trainer.iteration == 3
+    backend.others = np.array(others, dtype=np.float64)   # slots: iteration + 1, 0 unknown
+    backend.calls.clear()
+    state.sync()
+    num_arrays = len(list(net.collect_params().values())) + len(trainer.optimizer_state_arrays(first_device=True))
+    sent = [call for call in backend.calls if call[0] == "state"]
+    assert sent == ([("state", num_arrays, receivers)] if receivers else [])
+    assert state.last_sync_receivers == receivers
+    assert backend.calls[0] == ("sum", 4)
+
+
+def test_rank_0_with_a_loaded_or_fresh_state_sends_it_to_every_rank():
+    backend = RootBackend(world_size=3)
+    net, trainer, sampler = build(backend, world_size=3)
+    state = ElasticState(net, trainer, sampler)
+    state.sync()
+    backend.others = np.array([0, 1, 1], dtype=np.float64)   # ranks 1, 2 hold iteration 0
+    state.sync()
+    assert state.last_sync_receivers == []
+    state.load_state_dict(state.state_dict())                 # e.g. resumed from a checkpoint
+    state.sync()
+    assert state.last_sync_receivers == [1, 2]
+
+
+def test_restore_keeps_the_lineage_at_the_commits_iteration():
+    backend = RootBackend(world_size=2)
+    net, trainer, sampler = build(backend)
+    state = ElasticState(net, trainer, sampler)
+    state.sync()
+    train_steps(net, trainer, sampler, 2)
+    state.commit()
+    train_steps(net, trainer, sampler, 3)
+    state.restore()
+    assert trainer.iteration == 2
+    backend.others = np.array([0, 3], dtype=np.float64)      # rank 1 restored the same commit
+    state.sync()
+    assert state.last_sync_receivers == []
+    backend.others = np.array([0, 6], dtype=np.float64)      # rank 1 kept its live iteration 5
+    state.sync()
+    assert state.last_sync_receivers == [1]
 
 
 def test_sync_into_a_different_world_starts_the_transition():
@@ -270,7 +337,7 @@ def test_run_without_elastic_driver_syncs_once_and_calls_once():
 
     backend.calls.clear()
     assert train(state, 5) == "done"
-    assert calls == [(0, 5, ["params", "optimizer_states", "object"])]
+    assert calls == [(0, 5, ["object"])]   # a world of one has nothing to send
 
 
 def test_horovod_errors_from_mxnet_are_translated():
