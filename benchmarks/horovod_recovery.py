@@ -89,8 +89,9 @@ def worker(args):
 
     logging.getLogger("gluon_elastic").addHandler(FailureLog())
     logging.getLogger("gluon_elastic").setLevel(logging.INFO)
-    init_start = time.time()
     backend = backends.create("horovod")
+    init_start = time.time()
+    backend.join()   # here rather than in run(): its time is the floor's Gloo initialisation
     init_done = time.time()
     if args.no_propagation:  # the comparison: survivors keep their Gloo connections open
         backend.break_connections = lambda: 0

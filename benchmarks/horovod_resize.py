@@ -99,17 +99,16 @@ def worker(args):
     data = mx.nd.random.uniform(shape=(2, 3, 32, 32))
     label = mx.nd.array([1, 2])
     built = time.time()
-    # The start-up ends here: a joiner started ahead reports it and waits to be let in.
-    init_start = time.time()
     backend = backends.create("horovod")
-    init_done = time.time()
     trainer = ElasticTrainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9},
                              kvstore=backend, local_batch_size=2)
     state = ElasticState(net, trainer, None, waited_at=-1)
     num_params = sum(p.data().size for p in state.params)
+    # The start-up ends here: the worker joins in run() (a joiner started ahead reports its
+    # start-up done and waits to be let in).
+    ready = time.time()
     marks = {"pid": os.getpid(), "start": START_TIME, "import_start": import_start,
-             "imported": imported, "init_start": init_start, "init_done": init_done,
-             "built": built, "num_params": num_params}
+             "imported": imported, "built": built, "ready": ready, "num_params": num_params}
     record_path = os.path.join(args.log_dir, "worker.%d.jsonl" % os.getpid())
 
     def record(event, **values):
@@ -118,7 +117,7 @@ def worker(args):
         with open(record_path, "a") as fout:
             fout.write(json.dumps(values) + "\n")
 
-    record("process", **marks)
+    first_record = []
     state.register_reset_callbacks([lambda: record("reset_done")])
 
     def one_step():
@@ -143,6 +142,10 @@ def worker(args):
         receivers = state.last_sync_receivers or []
         transfer = state.last_transfer if receivers and (
             trainer.rank == 0 or trainer.rank in receivers) else None
+        if not first_record:   # joined now: rank and world are the world's
+            first_record.append(True)
+            start, let_in, joined = backend.join_times
+            record("process", init_start=start, let_in=let_in, init_done=joined, **marks)
         record("synced", transfer_bytes=transfer and transfer[0],
                transfer_seconds=transfer and transfer[1])
         while trainer.iteration < args.steps:
@@ -439,7 +442,7 @@ def phases(records):
     for pid_records in by_pid.values():
         pid_records.sort(key=lambda r: r["time"])
         process = next(r for r in pid_records if r["event"] == "process")
-        result["floor_init"].append(process["init_done"] - process["init_start"])
+        result["floor_init"].append(process["init_done"] - process["let_in"])
         for index, rec in enumerate(pid_records):
             if rec["event"] != "interrupted":
                 continue
@@ -467,10 +470,12 @@ def phases(records):
             step = next(r for r in pid_records if r["event"] == "step")
             for name, value in (("process start to imports", process["imported"] - process["start"]),
                                 ("model build", process["built"] - process["imported"]),
+                                ("trainer + ElasticState", process["ready"] - process["built"]),
                                 ("let in + hvd.init", process["init_done"] - process["init_start"]),
                                 ("state broadcast", synced["time"] - process["init_done"]),
                                 ("first step", step["time"] - synced["time"]),
-                                ("start-up end to first step", step["time"] - process["built"]),
+                                ("start-up end to first step start", synced["time"] - process["ready"]),
+                                ("start-up end to first step end", step["time"] - process["ready"]),
                                 ("total from change", step["time"] - announced[0])):
                 result["join"].setdefault(name, []).append(value)
         # The full-state transfers of a growth (sender and receiver sides; rank 0's first sync

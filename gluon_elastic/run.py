@@ -381,6 +381,9 @@ def _run_elastic(func, state, backend, args, kwargs):
     import horovod.mxnet as hvd
     from horovod.common.elastic import notification_manager
 
+    # The worker joins its world now that everything it builds before training is built: a
+    # worker started ahead of a growth reports its start-up done here (see HorovodBackend).
+    backend.join()
     durable = None
     if os.environ.get(ENV["checkpoint_dir"]):
         durable = _DurableCommits(state, os.environ[ENV["checkpoint_dir"]])

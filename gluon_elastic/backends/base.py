@@ -47,6 +47,9 @@ class Backend:
         """Rank of this process on its host."""
         return 0
 
+    def join(self):
+        """Join the job's world, for a backend that defers it (elastic Horovod); nothing here."""
+
     def allreduce_grads(self, params):
         """Sum the gradients of ``params`` over devices and workers, in place on every device.
 

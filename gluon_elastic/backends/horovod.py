@@ -40,6 +40,7 @@ import os
 import pickle
 import signal
 import socket
+import time
 
 from .base import Backend
 
@@ -76,10 +77,14 @@ def _die_on_segfault():
 class HorovodBackend(Backend):
     """Workers of a Horovod job; in-place elastic under ``horovodrun --min-np/--max-np``.
 
-    Calls ``hvd.init()`` unless Horovod is already initialised.
-
-    ``elastic_driver`` is True under ``horovodrun --host-discovery-script``
-    (``HOROVOD_ELASTIC=1``): a joining worker's state comes from ``ElasticState.sync()``.
+    Calls ``hvd.init()`` unless Horovod is already initialised; under an elastic driver
+    (``elastic_driver``, True under ``horovodrun --host-discovery-script``: ``HOROVOD_ELASTIC=1``)
+    the worker joins its world later, in :meth:`join`, which :func:`gluon_elastic.run.run` calls
+    before the first sync (any collective before it joins too). Everything the worker builds in
+    between (trainer, ElasticState, data) is then part of its start-up, which a worker started
+    ahead of a growth completes while the others keep training. Until it has joined, ``rank``,
+    ``world_size`` and ``local_rank`` are those of the slot the driver started it in
+    (``HOROVOD_RANK``...); a joiner's state comes from ``ElasticState.sync()``.
     ``gloo_sockets`` maps the file descriptors of the connections the last :meth:`init` opened
     to their socket inodes (what :meth:`break_connections` shuts down); ``address`` is their local
     IP address (None in a world of one), where :meth:`send_arrays` listens for receivers.
@@ -97,16 +102,30 @@ class HorovodBackend(Backend):
         self.gloo_sockets = {}
         self.address = None
         self._send_buffers = None
+        self.join_times = None
+        self._joined = hvd.is_initialized()
         if self.elastic_driver:
             _die_on_segfault()
-        if not hvd.is_initialized():
-            if self.elastic_driver:
-                # A worker started ahead of a growth reports its start-up done here and waits
-                # until the survivors have formed the new world (its hvd.init() joins that world).
-                from ..run import join_when_let_in  # pylint: disable=import-outside-toplevel
+        elif not self._joined:
+            self.join()
 
-                join_when_let_in()
-            self.init()
+    def join(self):
+        """Join the job's world if not done yet (``hvd.init()``).
+
+        A worker that the elastic driver started ahead of a growth first reports its start-up
+        done and waits until the survivors have formed the new world, which its ``hvd.init()``
+        then joins. ``join_times`` keeps ``(start, let in, joined)`` (``time.time()``).
+        """
+        if self._joined:
+            return
+        start = time.time()
+        if self.elastic_driver:
+            from ..run import join_when_let_in  # pylint: disable=import-outside-toplevel
+
+            join_when_let_in()
+        let_in = time.time()
+        self.init()
+        self.join_times = (start, let_in, time.time())
 
     def init(self):
         """``hvd.init()``, remembering the TCP connections it opened (Gloo's full mesh).
@@ -119,6 +138,7 @@ class HorovodBackend(Backend):
 
         before = socket_inodes()
         self._hvd.init()
+        self._joined = True
         opened = {fd: inode for fd, inode in socket_inodes().items()
                   if before.get(fd) != inode}
         connected = {conn.fd: conn.laddr.ip
@@ -156,17 +176,19 @@ class HorovodBackend(Backend):
 
     @property
     def rank(self):
-        return self._hvd.rank()
+        return self._hvd.rank() if self._joined else int(os.environ.get("HOROVOD_RANK", "0"))
 
     @property
     def world_size(self):
-        return self._hvd.size()
+        return self._hvd.size() if self._joined else int(os.environ.get("HOROVOD_SIZE", "1"))
 
     @property
     def local_rank(self):
-        return self._hvd.local_rank()
+        return self._hvd.local_rank() if self._joined else \
+            int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
 
     def _allreduce_sum(self, array, index):
+        self.join()
         if self._hvd.size() == 1:
             return
         # Priority follows the reverse order of backward, as in horovod.mxnet.
@@ -174,6 +196,7 @@ class HorovodBackend(Backend):
 
     def _broadcast_inplace(self, array, root_rank, name):
         """Overwrite ``array`` with root's value: an all-reduce sum with zeros off the root."""
+        self.join()
         if self._hvd.rank() != root_rank:
             array[:] = 0
         self._hvd.allreduce_(array, average=False, name=name)
@@ -193,6 +216,7 @@ class HorovodBackend(Backend):
         """
         from . import stream  # pylint: disable=import-outside-toplevel
 
+        self.join()
         receivers = sorted(set(receivers) - {root_rank})
         if not receivers:
             return
@@ -237,6 +261,7 @@ class HorovodBackend(Backend):
         import mxnet as mx
         import numpy as np
 
+        self.join()
         is_root = self._hvd.rank() == root_rank
         payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if is_root else b""
         size = mx.nd.array([len(payload)], dtype="int64")
@@ -251,12 +276,14 @@ class HorovodBackend(Backend):
         return obj if is_root else pickle.loads(received)
 
     def allgather_object(self, obj, name="gather"):
+        self.join()
         return self._hvd.allgather_object(obj, name=name)
 
     def sum_over_workers(self, values):
         import mxnet as mx
         import numpy as np
 
+        self.join()
         array = mx.nd.array(np.asarray(values, dtype=np.float64), dtype=np.float64)
         self._hvd.allreduce_(array, average=False, name="sum_over_workers.%d" % array.size)
         return array.asnumpy()
@@ -264,6 +291,7 @@ class HorovodBackend(Backend):
     def barrier(self):
         import mxnet as mx
 
+        self.join()
         mx.nd.waitall()
         self._hvd.allreduce(mx.nd.zeros(1), name="barrier")
         mx.nd.waitall()
