@@ -8,6 +8,9 @@ default overhead and time caps, and at least every 5 steps).
 Rank 0 of the world of 4 is SIGKILLed at a point drawn from a seed (0-0.5 s after iteration 4:
 inside a step, a check or a commit), then a rank drawn from the seed in the world of 3.
 
+Every survivor's reset (shut Horovod down, re-initialise it on the new world) is timed in its
+log line: a survivor left waiting in a Gloo operation would hold it for the Gloo timeout.
+
 Every rank records the digests of all its parameters and momentum at each commit. After each
 rollback, every rank holds exactly what the new rank 0 committed last, at that commit's iteration
 (digests equal), besides the invariants of every elastic job.
@@ -15,6 +18,7 @@ rollback, every rank holds exactly what the new rank 0 committed last, at that c
 import json
 import os
 import random
+import re
 import sys
 
 import pytest
@@ -35,6 +39,7 @@ NUM_SAMPLES = 60   # tests/workers/horovod_elastic.py
 EPOCHS = 6
 KILL_SEED = 20261129
 JOB_TIMEOUT = 180
+GLOO_TIMEOUT = 60
 HOSTS = loopback_hosts()
 needs_hosts = pytest.mark.skipif(len(HOSTS) < 4, reason="needs 4 names of this machine, found %s"
                                  % HOSTS)
@@ -62,7 +67,8 @@ def job(tmp_path_factory):
     leftovers = []
     returncode, output = run_elastic_horovodrun(
         log_dir, argv, schedule, 4, 1, 4, JOB_TIMEOUT,
-        {"HOROVOD_GLOO_TIMEOUT_SECONDS": "60", "MXNET_STORAGE_FALLBACK_LOG_VERBOSE": "0"},
+        {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(GLOO_TIMEOUT),
+         "MXNET_STORAGE_FALLBACK_LOG_VERBOSE": "0"},
         ["--checkpoint-dir", os.path.join(log_dir, "checkpoints"), "--max-restarts", "0"],
         leftovers)
     with open(os.path.join(log_dir, "output.txt"), "w") as fout:
@@ -110,3 +116,14 @@ def test_rollback_restores_exactly_the_last_commit(job):
         assert start["iteration"] == last["iteration"]
         assert set(start["param_digests"]) == {last["param_digest"]}
         assert set(start["momentum_digests"]) == {last["momentum_digest"]}
+
+
+@needs_hosts
+@pytest.mark.timeout(JOB_TIMEOUT + 30)
+def test_every_reset_after_a_kill_is_quick(job):
+    seconds = [float(m) for m in re.findall(
+        r"reset: rank \d+ of \d+ -> rank \d+ of \d+ in ([0-9.]+) s", job.worker_lines())]
+    # Three survivors of the first kill, two of the second.
+    assert len(seconds) == 5, job.worker_lines()[-4000:]
+    # A survivor left waiting in a Gloo operation holds every reset for the whole Gloo timeout.
+    assert max(seconds) < GLOO_TIMEOUT / 4, seconds
