@@ -523,7 +523,7 @@ class ElasticState(State):
                 self.last_transfer = (sum(a.size * np.dtype(a.dtype).itemsize for a in arrays),
                                       time.perf_counter() - tic)
                 if backend.rank == 0 or backend.rank in receivers:
-                    logger.info("sync: rank 0's full state (%.1f MB) to ranks %s in %.3f s",
+                    logger.info("sync: rank 0's full state (%.3g MB) to ranks %s in %.3f s",
                                 self.last_transfer[0] / 1e6, receivers, self.last_transfer[1])
             self._broadcast_statistics()
         self.last_sync_receivers = receivers

@@ -4,10 +4,12 @@ One job (tests/workers/horovod_elastic.py, steps lengthened to about 0.07 s): 2 
 localhost, discovery adds a third slot at iteration 3. The joiner sleeps 5 s in its start-up,
 before it creates its Horovod backend. The driver starts it as soon as discovery lists the slot
 and tells the survivors only when it reports its start-up done, so the survivors keep stepping
-through the sleep; then the world grows to 3 and every rank holds the same state.
+through the sleep; then the world grows to 3 and every rank holds the same state, which only
+the joiner received in full.
 """
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -77,3 +79,12 @@ def test_survivors_step_through_the_joiners_start_up(job):
     assert max(b - a for a, b in zip(times, times[1:])) < 1.0
     # Progress went on past the scheduled growth point while the joiner started.
     assert grown["iteration"] > GROWTH_AT + len(during) // 2
+
+
+@pytest.mark.timeout(JOB_TIMEOUT + 30)
+def test_only_ranks_without_the_state_receive_it(job):
+    # Rank 0's log of each full-state transfer: at the launch rank 1 (a fresh process), at the
+    # growth the joiner alone; the survivor holds the state already.
+    sent = re.findall(r"\[0\]<stderr>:.*sync: rank 0's full state \(.* MB\) to ranks (\[.*\]) in",
+                      job.output)
+    assert sent == ["[1]", "[2]"]
