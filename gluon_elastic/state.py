@@ -27,9 +27,12 @@ agreement across ranks and the reset callbacks are Horovod's. What MXNet needs i
   ``max_seconds`` seconds (60). Rank 0 decides, and its answer travels in the broadcast that
   the check makes anyway, so every rank commits at the same step.
 - :meth:`restore` puts the last commit back (after a failed collective).
-- :meth:`sync` broadcasts rank 0's live state to every rank through the trainer's backend, so a
-  joining worker starts from exactly what the others hold. The trainer then compares the world it
-  was committed in with the current one and starts the configured transition (Dynamic SGD ramp).
+- :meth:`sync` makes every rank hold rank 0's live state, so a joining worker starts from exactly
+  what the others hold. Only the ranks that do not hold rank 0's trained state already (a
+  joiner, a rank that rolled back to an older commit) receive it in full, through the backend's
+  ``send_arrays`` (on Horovod, direct streams from rank 0); the BatchNorm statistics and the
+  small values go to every rank. The trainer then compares the world it was committed in with
+  the current one and starts the configured transition (Dynamic SGD ramp).
 - :meth:`check_host_updates` waits for the last step's writes first (a broadcast must not overlap
   Horovod ops still queued; the snapshot copies, being reads, are not waited for) and then runs
   Horovod's check, whose agreement is one fixed-shape broadcast of rank 0's view (and of its
