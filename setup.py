@@ -17,8 +17,8 @@ setup(
         "gluoncv==0.10.5.post0",
     ],
     extras_require={
-        # Build with: HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1
-        # pip install --no-build-isolation horovod==0.28.1 (tools/bootstrap.sh does this).
+        # tools/bootstrap.sh builds it from the source release for MXNet with Gloo, with the
+        # fixes of tools/patch_horovod.py (HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 ...).
         "horovod": ["horovod==0.28.1"],
         "examples": ["mlxtend==0.23.1"],
         "test": ["pytest", "pytest-timeout", "mlxtend==0.23.1", "matplotlib"],

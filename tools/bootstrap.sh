@@ -28,7 +28,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
-want=$(cat "$root/requirements.txt" "$root/setup.py" "$root/tools/bootstrap.sh" | sha256sum | cut -c1-16)
+want=$(cat "$root/requirements.txt" "$root/setup.py" "$root/tools/bootstrap.sh" \
+  "$root/tools/patch_horovod.py" | sha256sum | cut -c1-16)
 if [ -x "$py" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "$py"
   exit 0
@@ -57,12 +58,30 @@ pip install -q --upgrade "pip<25" "setuptools<70" wheel >&2
 pip install -q psutil pyyaml cloudpickle packaging cffi >&2
 pip install -q -r "$root/requirements.txt" >&2
 
-if ! "$py" -c "import horovod, horovod.mxnet; assert horovod.__version__ == '$horovod_version'" 2>/dev/null; then
-  log "building horovod==$horovod_version for MXNet with Gloo (several minutes on 2 cores; pip caches the wheel)"
-  HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
-  HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
-  HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
-    pip install --no-build-isolation "horovod==$horovod_version" >&2
+# Horovod is built from its source release with the fixes of tools/patch_horovod.py (a Gloo bug
+# that stalls survivors for the Gloo timeout after a death). The wheel is kept under
+# ~/.cache/gluon_elastic/wheels, named by the fixes' hash, so a new checkout reuses it.
+fixes=$("$py" "$root/tools/patch_horovod.py" --fingerprint)
+horovod_stamp="$venv/.horovod_fixes"
+wheels="${XDG_CACHE_HOME:-$HOME/.cache}/gluon_elastic/wheels/horovod-$horovod_version-$fixes"
+if ! "$py" -c "import horovod, horovod.mxnet; assert horovod.__version__ == '$horovod_version'" 2>/dev/null \
+    || [ "$(cat "$horovod_stamp" 2>/dev/null)" != "$fixes" ]; then
+  if ! ls "$wheels"/horovod-*.whl >/dev/null 2>&1; then
+    log "building horovod==$horovod_version for MXNet with Gloo, with the fixes of tools/patch_horovod.py (several minutes on 2 cores)"
+    src=$(mktemp -d)
+    pip download -q --no-binary :all: --no-deps "horovod==$horovod_version" -d "$src" >&2
+    tar xzf "$src/horovod-$horovod_version.tar.gz" -C "$src"
+    "$py" "$root/tools/patch_horovod.py" "$src/horovod-$horovod_version"
+    mkdir -p "$wheels.tmp"
+    HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+    HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
+    HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
+      pip wheel -q --no-build-isolation --no-deps -w "$wheels.tmp" "$src/horovod-$horovod_version" >&2
+    rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
+    rm -rf "$src"
+  fi
+  pip install -q --no-deps --force-reinstall "$wheels"/horovod-*.whl >&2
+  echo "$fixes" > "$horovod_stamp"
 fi
 "$py" -c "import horovod.mxnet as hvd; assert hvd.gloo_built(), 'horovod was built without Gloo'" >&2
 
