@@ -61,9 +61,10 @@ What MXNet needs around Horovod, handled here:
   asks the registering one after a change announced as removing slots, and a change that adds
   and removes at once must be announced as two changes.
 - **A joiner started ahead of a growth** (under :mod:`gluon_elastic.horovodrun`, when discovery
-  only adds slots) reports its start-up done when it creates its Horovod backend and waits there
-  until the survivors, told only then, have formed the new world
-  (:func:`join_when_let_in`); the survivors train on while it starts. If the job ends first, it
+  only adds slots) reports its start-up done when the wrapper starts (it joins its world there,
+  :meth:`gluon_elastic.backends.HorovodBackend.join`: everything it built before, trainer,
+  state and data, is part of its start-up) and waits until the survivors, told only then, have
+  formed the new world (:func:`join_when_let_in`); the survivors train on while it starts. If the job ends first, it
   is told it has no rank and leaves with exit code 0.
 - **Durable commits.** With ``GLUON_ELASTIC_CHECKPOINT_DIR`` set (the launcher sets it), rank 0
   writes commits to a :class:`gluon_elastic.checkpoint.CheckpointManager`, serialised and
@@ -76,7 +77,9 @@ What MXNet needs around Horovod, handled here:
   that write started, and never while it is still going (no step or time cap: a durable write
   of a large model costs tens of commits, and it only matters when the driver or every worker
   of a world is lost); with ``max_overhead=None`` every commit is written (the next one waits
-  for the previous write). The last commit of a job that finishes is always written.
+  for the previous write). The last commit of a job that finishes is always written. A write
+  under way goes on through a reset; only a rank 0 that leaves the job waits for it, before
+  the next world can form.
 
 On backends that are not elastic in place (KVStore: restart elasticity), on the local backend
 and under plain ``horovodrun -np N``, the wrapper syncs once and calls ``func(state)`` once.
@@ -274,16 +277,23 @@ def _leave_removed():
     os._exit(0)  # pylint: disable=protected-access
 
 
-def _reset(hvd, backend, removal_announced):
-    """Shut Horovod down and re-initialise it on the new world (or leave, if removed)."""
+def _reset(hvd, backend, removal_announced, before_leaving=None):
+    """Shut Horovod down and re-initialise it on the new world (or leave, if removed).
+
+    ``before_leaving`` is called by a worker that may be leaving, before it registers in the
+    driver's round: the next world cannot form until it returns.
+    """
     _flush()
     hvd.shutdown()
     kept = ask_next_assignment()
     # Under the project's driver only a removed slot asks the registering question; under plain
     # horovodrun every worker asks it after a change announced as a removal (module docstring).
     ask_early = removal_announced if kept is None else not kept
-    if ask_early and ask_rank_and_size()[0] < 0:
-        _leave_removed()
+    if ask_early:
+        if before_leaving is not None:
+            before_leaving()
+        if ask_rank_and_size()[0] < 0:
+            _leave_removed()
     backend.init()
 
 
@@ -410,12 +420,12 @@ def _run_elastic(func, state, backend, args, kwargs):
                 removal_announced = False
             except HostsUpdatedInterrupt:
                 removal_announced = bool(state.last_host_update & HOSTS_REMOVED)
-            if durable is not None:
-                # Before anyone can register for the next round: if that round finds no
-                # survivor, the relaunch starts from this commit.
-                durable.wait()
             old_rank, old_size, tic = backend.rank, backend.world_size, time.time()
-            _reset(hvd, backend, removal_announced)
+            # A durable write under way goes on through the reset: a survivor does not wait for
+            # it. A rank 0 that is leaving finishes it before the next world can form, so that a
+            # relaunch finds it (no survivor) and no other rank 0 writes beside it.
+            _reset(hvd, backend, removal_announced,
+                   before_leaving=durable.wait if durable is not None else None)
             elapsed = time.time() - tic
             state.on_reset()
             logger.info("reset: rank %d of %d -> rank %d of %d in %.2f s", old_rank, old_size,
