@@ -16,7 +16,7 @@ bit (a negative zero becomes a positive one, on every rank alike).
 A joiner's state does not take the all-reduce path: :meth:`HorovodBackend.send_arrays` streams
 it from rank 0 over direct TCP connections (:mod:`gluon_elastic.backends.stream`), each byte
 sent once per receiver, at the speed of the link. The survivors, which hold the state already,
-take no part beyond one small collective (the root's endpoint). Beyond
+take no part beyond a small broadcast (the root's endpoint). Beyond
 ``STREAM_MAX_RECEIVERS`` receivers the root's uplink would carry more than a ring all-reduce puts
 through every rank (about twice the state), and the all-reduce path is taken again.
 
@@ -209,7 +209,7 @@ class HorovodBackend(Backend):
         """Root's ``arrays`` to the ranks in ``receivers`` only, streamed over TCP.
 
         Every rank calls it with the same ``receivers``. The root listens on its Gloo address,
-        the endpoint travels in one small collective, and each receiver pulls the arrays from
+        the endpoint travels in a small broadcast, and each receiver pulls the arrays from
         the root (:mod:`gluon_elastic.backends.stream`); the other ranks return at once. More
         than ``STREAM_MAX_RECEIVERS`` receivers (or no address to listen on) take the all-reduce
         path to every rank instead.

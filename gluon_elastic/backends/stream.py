@@ -110,10 +110,6 @@ class HostBuffers:
         self.views = [None if h is None else mx.nd.from_numpy(h.view(), zero_copy=True)
                       for h in self.host]
 
-    @property
-    def num_bytes(self):
-        return sum(h.nbytes for h in self.host if h is not None)
-
 
 class StateSender:
     """The root's side: listens on ``address``; :meth:`serve` streams ``arrays`` to receivers.
