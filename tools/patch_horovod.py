@@ -4,7 +4,8 @@
     python tools/patch_horovod.py --fingerprint  # a short hash of the fixes (the build's stamp)
 
 Each fix names a file, the exact text it replaces (found exactly once, or the fix is refused) and
-why. The fixes are bugs of the libraries Horovod bundles that elastic training runs into.
+why. The fixes are bugs of the Gloo library Horovod bundles that elastic training runs into:
+both turned a peer's death into a survivor's long stall or its abort.
 """
 import hashlib
 import json
@@ -41,6 +42,33 @@ FIXES = [
             "      ubuf->signalException(ex);\n"
             "    }\n"
             "  }\n"),
+    },
+    {
+        "file": "third_party/gloo/gloo/transport/tcp/pair.cc",
+        "why": (
+            "After a peer's death the survivors do not all see the failure at the same moment, "
+            "and one that went on can send a message that does not fit the receive its peer "
+            "posted (seen: 8 bytes for a 4-byte receive). Gloo checked that with an assertion in "
+            "its network thread, so the receiving survivor aborted (std::terminate, exit 134) "
+            "instead of failing its collective, and the job went on one worker short. The fix "
+            "fails the receive and the pair, as a broken connection does: the survivor resets "
+            "with the others."),
+        "old": (
+            "    // Bytes read must be in bounds for target buffer\n"
+            "    GLOO_ENFORCE_LE(op.preamble.length, op.nbytes);\n"
+            "    return iov.iov_len;\n"),
+        "new": (
+            "    // Bytes read must be in bounds for target buffer. A message that does not fit\n"
+            "    // fails the receive and the pair rather than the process (gluon_elastic fix).\n"
+            "    if (op.preamble.length > op.nbytes) {\n"
+            "      auto ex = std::make_exception_ptr(::gloo::IoException(GLOO_ERROR_MSG(\n"
+            "          \"Message of \", op.preamble.length, \" bytes for a receive of \",\n"
+            "          op.nbytes, \" bytes from \", peer_.str())));\n"
+            "      buf->signalException(ex);\n"
+            "      signalException(ex);\n"
+            "      return -1;\n"
+            "    }\n"
+            "    return iov.iov_len;\n"),
     },
 ]
 
