@@ -53,6 +53,7 @@ def test_kvstore_and_horovod_workers_take_the_gpus_of_their_local_rank(monkeypat
 
     horovod_worker = HorovodBackend.__new__(HorovodBackend)
     horovod_worker._hvd = LocalRankThree()   # pylint: disable=protected-access
+    horovod_worker._joined = True            # pylint: disable=protected-access
     assert recipe.choose_contexts(horovod_worker, "gpu", 2) == [mx.gpu(6), mx.gpu(7)]
     # --num-gpus 0 is GluonCV's "one device" (there: the CPU; here the device kind is --device).
     assert recipe.choose_contexts(horovod_worker, "gpu", 0) == [mx.gpu(3)]

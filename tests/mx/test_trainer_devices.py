@@ -145,6 +145,7 @@ def test_horovod_backend_sums_devices_before_the_all_reduce():
 
     backend = HorovodBackend.__new__(HorovodBackend)    # no hvd.init(): only the reduction runs
     backend._hvd = ThreeWorkers()   # pylint: disable=protected-access
+    backend._joined = True          # pylint: disable=protected-access
     param = gluon.Parameter("w", shape=(2,))
     param.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
     for value, grad in zip((1.0, 2.0), param.list_grad()):
