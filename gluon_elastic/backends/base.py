@@ -92,10 +92,16 @@ class Backend:
         """Overwrite ``arrays`` with root's on the ranks in ``receivers`` only.
 
         A collective: every rank calls it with the same ``receivers``; the others keep their
-        values. Here the arrays are broadcast to every rank.
+        values. Here the arrays are broadcast to every rank, through copies (as in
+        :meth:`broadcast_parameters`, an array that MKLDNN re-laid out cannot be read by the
+        stores).
         """
-        if any(rank != root_rank for rank in receivers):
-            self.broadcast_arrays(arrays, root_rank=root_rank, name=name)
+        if not any(rank != root_rank for rank in receivers):
+            return
+        values = [array.copy() for array in arrays]
+        self.broadcast_arrays(values, root_rank=root_rank, name=name)
+        for value, array in zip(values, arrays):
+            value.copyto(array)
 
     def reserve_send_buffers(self, arrays):
         """Prepare what a later :meth:`send_arrays` of arrays of this layout needs (host memory).

@@ -221,7 +221,7 @@ class HorovodBackend(Backend):
         if not receivers:
             return
         if len(receivers) > STREAM_MAX_RECEIVERS:
-            self.broadcast_arrays(arrays, root_rank=root_rank, name=name)
+            super().send_arrays(arrays, receivers, root_rank=root_rank, name=name)
             return
         timeout = float(os.environ.get("HOROVOD_GLOO_TIMEOUT_SECONDS", "30"))
         sender = None
@@ -235,7 +235,7 @@ class HorovodBackend(Backend):
                 sender.close()
             raise
         if endpoint is None:  # the root has no address to listen on
-            self.broadcast_arrays(arrays, root_rank=root_rank, name=name)
+            super().send_arrays(arrays, receivers, root_rank=root_rank, name=name)
         elif sender is not None:
             sender.serve(receivers)
         elif self.rank in receivers:
