@@ -132,16 +132,6 @@ class CommitPolicy:
             self.max_overhead, self.max_steps, self.max_seconds)
 
 
-def _flatten(state, into):
-    """The NDArrays of an optimizer state (an array, a tuple/list of them, or None), in order."""
-    if isinstance(state, mx.nd.NDArray):
-        into.append(state)
-    elif isinstance(state, (tuple, list)):
-        for part in state:
-            _flatten(part, into)
-    return into
-
-
 def _substitute(state, arrays):
     """``state`` with each of its NDArrays replaced by the next of the iterator ``arrays``."""
     if isinstance(state, mx.nd.NDArray):
@@ -270,7 +260,7 @@ class ElasticState(State):
         self.commit_count = 0
         # A joiner receives the state in its first sync: its host memory for that is made ready
         # now, during its start-up.
-        trainer.backend.reserve_send_buffers(self._transfer_arrays())
+        trainer.backend.reserve_send_buffers(self._state_arrays())
 
     # ------------------------------------------------------------------------ plain-value form
     def user_values(self):
@@ -356,10 +346,7 @@ class ElasticState(State):
         self._wait_for_step()
         trainer = self.trainer
         states = trainer.first_device_states()
-        state_arrays = []
-        for index in sorted(states):
-            _flatten(states[index], state_arrays)
-        sources = [p.list_data()[0] for p in self.params] + state_arrays
+        sources = self._state_arrays()
         snapshot = self._snapshot
         with snapshot.lock:  # a durable writer may still be reading the previous commit
             snapshot.copy_from(sources)
@@ -519,7 +506,7 @@ class ElasticState(State):
             receivers = self._full_state_receivers()
             if receivers:
                 tic = time.perf_counter()
-                arrays = self._transfer_arrays()
+                arrays = self._state_arrays()
                 backend.send_arrays(arrays, receivers, root_rank=0, name="state")
                 if backend.rank in receivers:
                     self._spread_first_device(arrays[len(self.params):])
@@ -565,8 +552,13 @@ class ElasticState(State):
                 param.set_data(flat[offset:offset + size].reshape(param.shape))
                 offset += size
 
-    def _transfer_arrays(self):
-        """What a full-state transfer carries: the first device's parameters and optimizer states."""
+    def _state_arrays(self):
+        """The first device's parameters and optimizer states: what a commit copies and a
+        full-state transfer carries.
+
+        The optimizer states come in the order of the trainer's ``first_device_states`` (by
+        parameter index, each state's arrays in order), which :func:`_substitute` follows.
+        """
         return [p.list_data()[0] for p in self.params] + \
             self.trainer.optimizer_state_arrays(first_device=True)
 

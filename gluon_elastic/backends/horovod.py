@@ -187,8 +187,11 @@ class HorovodBackend(Backend):
         return self._hvd.local_rank() if self._joined else \
             int(os.environ.get("HOROVOD_LOCAL_RANK", "0"))
 
-    def _allreduce_sum(self, array, index):
+    def allreduce_grads(self, params):
         self.join()
+        super().allreduce_grads(params)
+
+    def _allreduce_sum(self, array, index):
         if self._hvd.size() == 1:
             return
         # Priority follows the reverse order of backward, as in horovod.mxnet.
